@@ -1,0 +1,61 @@
+"""Image-level metrics from gathered scores and labels (torchmetrics' functional API)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from torch import Tensor
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_confusion_matrix,
+)
+
+
+def confusion_at(scores: Tensor, labels: Tensor, threshold: float) -> dict[str, float]:
+    """Confusion matrix and rates for ``score > threshold`` ⇒ anomalous."""
+    if math.isnan(threshold):
+        nan = float("nan")
+        return {k: nan for k in ("tp", "fn", "tn", "fp", "precision", "recall", "f1", "fpr")}
+    predictions = (scores > threshold).long()
+    (tn, fp), (fn, tp) = binary_confusion_matrix(predictions, labels.long()).tolist()
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    fpr = fp / (fp + tn) if fp + tn else float("nan")
+    return {"tp": tp, "fn": fn, "tn": tn, "fp": fp, "precision": precision, "recall": recall,
+            "f1": f1, "fpr": fpr}
+
+
+def image_metrics(scores: Tensor, labels: Tensor, threshold: float) -> dict[str, float | dict]:
+    """AUROC, average precision (PR-AUC), mean score per class and the confusion matrix.
+
+    With a single class present the ranking metrics are undefined: they are NaN and a
+    warning says why, instead of an error in the middle of a run.
+    """
+    scores, labels = scores.detach().float().cpu(), labels.detach().long().cpu()
+    normal, anomalous = scores[labels == 0], scores[labels == 1]
+    if normal.numel() and anomalous.numel():
+        auroc = float(binary_auroc(scores, labels))
+        ap = float(binary_average_precision(scores, labels))
+    else:
+        warnings.warn(f"test set holds a single class ({normal.numel()} normal, "
+                      f"{anomalous.numel()} anomalous): AUROC and PR-AUC are NaN",
+                      stacklevel=2)
+        auroc = ap = float("nan")
+
+    def mean(x: Tensor) -> float:
+        return float(x.mean()) if x.numel() else float("nan")
+
+    return {
+        "image_auroc": auroc,
+        "image_pr_auc": ap,
+        "mean_score_normal": mean(normal),
+        "mean_score_anomalous": mean(anomalous),
+        "threshold": threshold,
+        "confusion": confusion_at(scores, labels, threshold),
+        "n_normal": int(normal.numel()),
+        "n_anomalous": int(anomalous.numel()),
+    }
+

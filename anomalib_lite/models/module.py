@@ -1,0 +1,142 @@
+"""The LightningModule that trains any reconstruction network and evaluates it.
+
+Network, loss, optimizer, scheduler and scoring are stored as plain config dicts in the
+hyper-parameters and built here, so a checkpoint is self-describing and loads with
+``weights_only=True``. Decision thresholds are buffers: they travel inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import CatMetric, MinMetric
+
+from anomalib_lite.data.batch import Batch
+from anomalib_lite.metrics import image_metrics
+from anomalib_lite.scoring import Scorer, fit_threshold
+from anomalib_lite.utils.instantiate import build, to_plain
+
+DEFAULT_SCORING: dict[str, Any] = {
+    "scores": {"l2_mean": {"map": "l2", "reduce": "mean"},
+               "l1_mean": {"map": "l1", "reduce": "mean"}},
+    "primary": "l2_mean",
+    "threshold": {"method": "quantile", "quantile": 0.99},
+}
+
+
+def _cat() -> CatMetric:
+    return CatMetric(nan_strategy="disable")
+
+
+def _gathered(metric: CatMetric) -> Tensor:
+    """All values gathered across processes (empty if nothing was added)."""
+    if not metric.update_called:
+        return torch.empty(0)
+    value = metric.compute()
+    return value.reshape(-1) if isinstance(value, Tensor) else torch.cat(value).reshape(-1)
+
+
+class AnomalyModule(LightningModule):
+    """Trains ``net`` on reconstruction ``loss``; scores, thresholds and evaluates it."""
+
+    def __init__(self, net: Mapping, loss: Mapping, optimizer: Mapping,
+                 scheduler: Mapping | None = None, scoring: Mapping | None = None) -> None:
+        super().__init__()
+        scoring = to_plain(scoring) if scoring is not None else DEFAULT_SCORING
+        self.save_hyperparameters({"net": to_plain(net), "loss": to_plain(loss),
+                                   "optimizer": to_plain(optimizer),
+                                   "scheduler": to_plain(scheduler), "scoring": scoring})
+        self.net: nn.Module = build(self.hparams.net, "model.net")
+        self.loss_fn: nn.Module = build(self.hparams.loss, "loss")
+        build(self.hparams.optimizer, "model.optimizer", _partial_=True)  # fail early on typos
+        self.scorer = Scorer(**scoring)
+        self.register_buffer("thresholds", torch.full((len(self.scorer.names),), float("nan")))
+        self.val_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
+        self.test_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
+        self.test_labels = _cat()
+        self.val_loss_best = MinMetric()
+        self.test_results: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- inference path
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def predict_batch(self, images: Tensor) -> dict[str, Any]:
+        """The one inference path (test, predict, export): reconstruction, maps, scores."""
+        reconstruction = self.net(images)
+        maps, scores = self.scorer(images, reconstruction)
+        return {"reconstruction": reconstruction, "maps": maps, "scores": scores}
+
+    def threshold_of(self, score: str) -> float:
+        return float(self.thresholds[self.scorer.names.index(score)])
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        images = batch["image"]
+        loss = self.loss_fn(self.net(images), images)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=images.shape[0])
+        return loss
+
+    def on_train_start(self) -> None:
+        self.val_loss_best.reset()  # forget the sanity check's value
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images = batch["image"]
+        out = self.predict_batch(images)
+        loss = self.loss_fn(out["reconstruction"], images)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=images.shape[0])
+        normal = batch["label"] == 0
+        for name, scores in out["scores"].items():
+            self.val_scores[name].update(scores[normal].float())
+
+    def on_validation_epoch_end(self) -> None:
+        """Fit each score's threshold on the normal validation images."""
+        for i, name in enumerate(self.scorer.names):
+            normal_scores = _gathered(self.val_scores[name])
+            self.thresholds[i] = fit_threshold(normal_scores, **self.scorer.threshold)
+            self.val_scores[name].reset()
+        if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
+            self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
+            self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
+
+    # ----------------------------------------------------------------- evaluation
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self.predict_batch(batch["image"])
+        for name, scores in out["scores"].items():
+            self.test_scores[name].update(scores.float())
+        self.test_labels.update(batch["label"].float())
+
+    def on_test_epoch_end(self) -> None:
+        labels = _gathered(self.test_labels).long()
+        per_score = {}
+        for name in self.scorer.names:
+            per_score[name] = image_metrics(_gathered(self.test_scores[name]), labels,
+                                            self.threshold_of(name))
+            self.test_scores[name].reset()
+            for key in ("image_auroc", "image_pr_auc"):
+                self.log(f"test/{name}/{key}", per_score[name][key])
+        self.test_labels.reset()
+        primary = per_score[self.scorer.primary]
+        self.log("test/image_auroc", primary["image_auroc"])
+        self.log("test/image_pr_auc", primary["image_pr_auc"])
+        self.test_results = {"primary_score": self.scorer.primary,
+                             "threshold_rule": self.scorer.threshold,
+                             "scores": per_score}
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = build(self.hparams.optimizer, "model.optimizer",
+                          params=list(self.parameters()))
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler_cfg = dict(self.hparams.scheduler)
+        monitor = scheduler_cfg.pop("monitor", "val/loss")
+        scheduler = build(scheduler_cfg, "model.scheduler", optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"}}

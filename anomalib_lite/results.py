@@ -1,0 +1,68 @@
+"""The run's ``results.json`` and its console summary.
+
+Schema (version 1)::
+
+    schema_version: 1
+    primary_score:  name of the headline score (e.g. "l2_mean")
+    threshold_rule: how thresholds were fitted ({method, quantile | k}) on normal val images
+    scores:         {score name: {image_auroc, image_pr_auc, mean_score_normal,
+                     mean_score_anomalous, threshold, n_normal, n_anomalous,
+                     confusion: {tp, fn, tn, fp, precision, recall, f1, fpr}}}
+    train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s}
+    test_wall_time_s, config (the resolved Hydra config)
+
+NaN (undefined metrics) is written as null.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from anomalib_lite.utils.io import write_json
+
+SCHEMA_VERSION = 1
+
+
+def build_results(test_results: dict[str, Any], train_info: dict[str, Any],
+                  test_wall_time_s: float, config: dict[str, Any]) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, **test_results, "train": train_info,
+            "test_wall_time_s": test_wall_time_s, "config": config}
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> Path:
+    """Write ``results.json`` atomically."""
+    return write_json(path, results)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+def summary_table(results: dict[str, Any]) -> Table:
+    """One row per image score: ranking metrics, class means, threshold and confusion."""
+    table = Table(title=f"Test results (primary score: {results['primary_score']})")
+    for column in ("score", "AUROC", "PR-AUC", "mean normal", "mean anomalous", "threshold",
+                   "TP", "FN", "TN", "FP"):
+        table.add_column(column, justify="left" if column == "score" else "right")
+    for name, m in results["scores"].items():
+        c = m["confusion"]
+        table.add_row(name, _fmt(m["image_auroc"]), _fmt(m["image_pr_auc"]),
+                      _fmt(m["mean_score_normal"]), _fmt(m["mean_score_anomalous"]),
+                      _fmt(m["threshold"]), *(_fmt(c[k]) for k in ("tp", "fn", "tn", "fp")))
+    return table
+
+
+def print_summary(results: dict[str, Any], path: str | Path | None = None) -> None:
+    console = Console()
+    console.print(summary_table(results))
+    if path is not None:
+        console.print(f"results written to {path}")

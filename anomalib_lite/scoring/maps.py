@@ -1,0 +1,23 @@
+"""Per-pixel anomaly maps from an image and its reconstruction, shaped (N, 1, H, W)."""
+
+from __future__ import annotations
+
+import kornia
+from torch import Tensor
+
+MAP_KINDS = ("l1", "l2", "ssim")
+
+
+def anomaly_map(image: Tensor, reconstruction: Tensor, kind: str, ssim_window: int = 11) -> Tensor:
+    """``l1``: mean |x - r| over channels; ``l2``: mean (x - r)^2; ``ssim``: 1 - SSIM(x, r)."""
+    if image.shape != reconstruction.shape:
+        raise ValueError(f"image {tuple(image.shape)} and reconstruction "
+                         f"{tuple(reconstruction.shape)} differ in shape")
+    if kind == "l1":
+        return (image - reconstruction).abs().mean(dim=1, keepdim=True)
+    if kind == "l2":
+        return (image - reconstruction).square().mean(dim=1, keepdim=True)
+    if kind == "ssim":
+        ssim = kornia.metrics.ssim(image.float(), reconstruction.float(), ssim_window)
+        return 1.0 - ssim.mean(dim=1, keepdim=True)
+    raise ValueError(f"unknown anomaly map kind {kind!r}; choose one of {MAP_KINDS}")

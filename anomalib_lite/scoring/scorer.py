@@ -1,0 +1,57 @@
+"""The configured set of image scores: which map, which reduction, and the primary score."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from anomalib_lite.scoring.maps import MAP_KINDS, anomaly_map
+from anomalib_lite.scoring.reductions import REDUCTIONS, reduce_map
+from anomalib_lite.utils import checks
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    map: str
+    reduce: str
+    k: float = 0.01
+
+
+class Scorer:
+    """Computes every configured anomaly map once and every image score from them.
+
+    ``scores`` maps a score name to ``{map, reduce, k}``; ``primary`` names the score whose
+    map and threshold are the run's headline (heatmaps, decisions).
+    """
+
+    def __init__(self, scores: Mapping[str, Mapping], primary: str, ssim_window: int = 11,
+                 threshold: Mapping | None = None) -> None:
+        checks.require(len(scores) > 0, "score.scores", dict(scores), "at least one score")
+        self.specs: dict[str, ScoreSpec] = {}
+        for name, spec in scores.items():
+            spec = dict(spec)
+            checks.one_of(f"score.scores.{name}.map", spec.get("map"), MAP_KINDS)
+            checks.one_of(f"score.scores.{name}.reduce", spec.get("reduce"), REDUCTIONS)
+            self.specs[name] = ScoreSpec(**spec)
+        checks.one_of("score.primary", primary, self.specs)
+        self.primary = primary
+        self.ssim_window = ssim_window
+        self.threshold = dict(threshold or {"method": "quantile", "quantile": 0.99})
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def primary_map(self) -> str:
+        return self.specs[self.primary].map
+
+    def __call__(self, image: Tensor, reconstruction: Tensor) -> tuple[dict[str, Tensor],
+                                                                       dict[str, Tensor]]:
+        """Return ``(maps by kind, scores by name)`` for a batch."""
+        kinds = {spec.map for spec in self.specs.values()}
+        maps = {kind: anomaly_map(image, reconstruction, kind, self.ssim_window) for kind in kinds}
+        scores = {name: reduce_map(maps[s.map], s.reduce, s.k) for name, s in self.specs.items()}
+        return maps, scores

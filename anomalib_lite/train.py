@@ -1,0 +1,81 @@
+"""Train, validate and test a model from the Hydra config: ``python -m anomalib_lite.train``.
+
+Returns the value of ``optimized_metric`` (a validation metric) for Hydra sweepers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from anomalib_lite.results import build_results, print_summary, write_results
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group of named objects (callbacks, loggers)."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Fit and test as configured. Returns ``(metrics after fit, results or None)``."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
+                                                  logger=loggers or False)
+
+    start = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
+                    weights_only=True)
+    fit_time = time.perf_counter() - start
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if not cfg.get("test", True):
+        return fit_metrics, None
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    start = time.perf_counter()
+    trainer.test(model, datamodule=datamodule,
+                 ckpt_path=best or (None if cfg.get("train", True) else cfg.get("ckpt_path")),
+                 weights_only=True)
+    test_time = time.perf_counter() - start
+    train_info = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
+                  "val_loss_best": fit_metrics.get("val/loss_best"),
+                  "best_checkpoint": best or None, "wall_time_s": fit_time}
+    results = build_results(model.test_results, train_info, test_time,
+                            OmegaConf.to_container(cfg, resolve=True))
+    if trainer.is_global_zero:
+        path = write_results(output_dir / "results.json", results)
+        print_summary(results, path)
+    return fit_metrics, results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    fit_metrics, _ = train(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return None
+    if metric not in fit_metrics:
+        raise KeyError(f"optimized_metric={metric!r} was not logged; logged metrics: "
+                       f"{sorted(fit_metrics)}")
+    return fit_metrics[metric]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures: real Hydra composition of the project's configs on tiny settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from anomalib_lite.train import CONFIG_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/train.yaml`` with overrides; outputs go to a temporary directory."""
+
+    def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name=config_name,
+                           overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+    return _compose
+
+
+@pytest.fixture
+def fast_cfg(compose_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """The ``debug=fast`` config (tiny images, a few steps) plus extra overrides."""
+
+    def _fast(*overrides: str) -> DictConfig:
+        return compose_cfg("debug=fast", *overrides)
+
+    return _fast

@@ -1,0 +1,93 @@
+"""Anomaly maps, image-score reductions, thresholds and image metrics."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anomalib_lite.metrics import confusion_at, image_metrics
+from anomalib_lite.scoring import Scorer, anomaly_map, fit_threshold, reduce_map
+from anomalib_lite.utils.checks import ConfigError
+
+
+def test_maps_match_their_definitions():
+    x, r = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert torch.allclose(anomaly_map(x, r, "l1"), (x - r).abs().mean(1, keepdim=True))
+    assert torch.allclose(anomaly_map(x, r, "l2"), ((x - r) ** 2).mean(1, keepdim=True))
+    ssim = anomaly_map(x, r, "ssim", ssim_window=5)
+    assert ssim.shape == (2, 1, 16, 16)
+    assert torch.allclose(anomaly_map(x, x, "ssim"), torch.zeros(2, 1, 16, 16), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown anomaly map"):
+        anomaly_map(x, r, "l3")
+
+
+def test_reductions():
+    amap = torch.zeros(1, 1, 10, 10)
+    amap[0, 0, 0, :5] = 1.0  # 5 hot pixels of 100
+    assert reduce_map(amap, "mean").item() == pytest.approx(0.05)
+    assert reduce_map(amap, "max").item() == 1.0
+    assert reduce_map(amap, "topk", k=0.05).item() == pytest.approx(1.0)
+    assert reduce_map(amap, "topk", k=0.10).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        reduce_map(amap, "median")
+
+
+def test_scorer_validates_its_config():
+    with pytest.raises(ConfigError, match=r"score\.primary"):
+        Scorer({"a": {"map": "l1", "reduce": "mean"}}, primary="b")
+    with pytest.raises(ConfigError, match=r"score\.scores\.a\.map"):
+        Scorer({"a": {"map": "nope", "reduce": "mean"}}, primary="a")
+    scorer = Scorer({"a": {"map": "l1", "reduce": "mean"}, "b": {"map": "l1", "reduce": "max"}},
+                    primary="b")
+    maps, scores = scorer(torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8))
+    assert set(maps) == {"l1"} and set(scores) == {"a", "b"} and scores["a"].shape == (3,)
+
+
+def test_thresholds():
+    scores = torch.arange(101, dtype=torch.float32)
+    assert fit_threshold(scores, "quantile", quantile=0.99) == pytest.approx(99.0)
+    assert fit_threshold(scores, "mean_std", k=2.0) == pytest.approx(50 + 2 * scores.std().item())
+    assert math.isnan(fit_threshold(torch.empty(0)))
+    with pytest.raises(ValueError, match="method"):
+        fit_threshold(scores, "otsu")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_image_metrics_agree_with_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    labels[:2] = [0, 1]
+    scores = rng.normal(size=300) + labels * rng.uniform(0, 2)
+    if seed % 2:  # heavy ties
+        scores = np.round(scores, 1)
+    m = image_metrics(torch.tensor(scores), torch.tensor(labels), threshold=0.5)
+    assert m["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert m["image_pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
+    pred = scores > 0.5
+    c = m["confusion"]
+    assert c["tp"] == int((pred & (labels == 1)).sum()) and c["fp"] == int((pred & (labels == 0)).sum())
+    assert c["tn"] + c["fp"] == int((labels == 0).sum()) and c["tp"] + c["fn"] == int(labels.sum())
+
+
+def test_all_equal_scores_give_chance_auroc():
+    m = image_metrics(torch.ones(10), torch.tensor([0, 1] * 5), threshold=1.0)
+    assert m["image_auroc"] == pytest.approx(0.5)
+    assert m["confusion"]["tp"] == 0 and m["confusion"]["tn"] == 5
+
+
+def test_single_class_warns_and_gives_nan():
+    with pytest.warns(UserWarning, match="single class"):
+        m = image_metrics(torch.rand(10), torch.zeros(10, dtype=torch.long), threshold=0.5)
+    assert math.isnan(m["image_auroc"]) and math.isnan(m["mean_score_anomalous"])
+
+
+def test_confusion_without_threshold_is_nan():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = confusion_at(torch.rand(4), torch.tensor([0, 1, 0, 1]), float("nan"))
+    assert all(math.isnan(v) for v in c.values())

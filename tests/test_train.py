@@ -1,0 +1,91 @@
+"""End to end: a real Trainer fit + test on tiny sprites, results.json, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import hydra
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from anomalib_lite.models import AnomalyModule
+from anomalib_lite.train import train
+from tests.conftest import REPO_ROOT
+
+RESULT_KEYS = {"image_auroc", "image_pr_auc", "mean_score_normal", "mean_score_anomalous",
+               "threshold", "confusion", "n_normal", "n_anomalous"}
+
+
+def test_short_run_writes_complete_results(fast_cfg, tmp_path):
+    cfg = fast_cfg()
+    fit_metrics, results = train(cfg)
+    assert "val/loss_best" in fit_metrics and fit_metrics["val/loss_best"] > 0
+
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["schema_version"] == 1 and on_disk["primary_score"] == "l2_mean"
+    assert set(on_disk["scores"]) == {"l2_mean", "l1_mean"}
+    for metrics in on_disk["scores"].values():
+        assert set(metrics) == RESULT_KEYS
+        assert 0.0 <= metrics["image_auroc"] <= 1.0
+        assert metrics["n_normal"] == 20 and metrics["n_anomalous"] == 20
+        c = metrics["confusion"]
+        assert c["tp"] + c["fn"] == 20 and c["tn"] + c["fp"] == 20
+        assert metrics["threshold"] > 0
+    assert on_disk["config"]["data"]["image_size"] == 32
+    assert on_disk["train"]["global_step"] == 3  # limit_train_batches=3, one epoch
+
+    # the threshold in results.json is the one stored in the best checkpoint
+    ckpt = torch.load(on_disk["train"]["best_checkpoint"], weights_only=True)
+    assert ckpt["state_dict"]["thresholds"][0].item() == pytest.approx(
+        on_disk["scores"]["l2_mean"]["threshold"])
+    model = AnomalyModule.load_from_checkpoint(on_disk["train"]["best_checkpoint"],
+                                               weights_only=True)
+    assert model.threshold_of("l2_mean") == pytest.approx(on_disk["scores"]["l2_mean"]["threshold"])
+
+
+def test_threshold_is_the_quantile_of_normal_validation_scores(fast_cfg):
+    cfg = fast_cfg("score.threshold.quantile=0.9")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    datamodule.setup("test")
+    # validate on a loader that mixes normal and anomalous images: only normals may count
+    loader = datamodule.test_dataloader()
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False)
+    trainer.validate(model, dataloaders=loader)
+    test_set = datamodule.datasets["test"]
+    images = test_set.images.float() / 255
+    with torch.no_grad():
+        scores = (model.net(images) - images).square().mean(dim=(1, 2, 3))
+    normal = scores[test_set.labels == 0].double()
+    assert model.threshold_of("l2_mean") == pytest.approx(torch.quantile(normal, 0.9).item(),
+                                                          rel=1e-5)
+    assert model.threshold_of("l2_mean") != pytest.approx(torch.quantile(scores.double(), 0.9).item(),
+                                                          rel=1e-5)
+
+
+def test_cli_runs_with_overrides(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "anomalib_lite.train", "debug=fast", "loss=l1",
+           "score.primary=l1_mean", f"hydra.run.dir={tmp_path}/run"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["primary_score"] == "l1_mean"
+    assert results["config"]["loss"]["l1"] == 1.0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert "Test results" in proc.stdout
+
+
+def test_cli_unknown_model_lists_the_options(tmp_path):
+    cmd = [sys.executable, "-m", "anomalib_lite.train", "model=nonexistent",
+           f"hydra.run.dir={tmp_path}/run"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Could not find 'model/nonexistent'" in proc.stderr
+    assert "sprite_ae" in proc.stderr  # Hydra lists the available options

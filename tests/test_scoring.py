@@ -70,7 +70,8 @@ def test_image_metrics_agree_with_sklearn(seed):
     assert m["image_pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
     pred = scores > 0.5
     c = m["confusion"]
-    assert c["tp"] == int((pred & (labels == 1)).sum()) and c["fp"] == int((pred & (labels == 0)).sum())
+    assert c["tp"] == int((pred & (labels == 1)).sum())
+    assert c["fp"] == int((pred & (labels == 0)).sum())
     assert c["tn"] + c["fp"] == int((labels == 0).sum()) and c["tp"] + c["fn"] == int(labels.sum())
 
 

@@ -52,7 +52,8 @@ def test_split_contents_and_shapes():
     assert batch["mask"].shape == (22, 1, 32, 32)
     # every anomalous image carries a non-empty mask, every normal one an empty mask
     per_image = batch["mask"].flatten(1).sum(1)
-    assert (per_image[batch["label"] == 1] > 0).all() and (per_image[batch["label"] == 0] == 0).all()
+    assert (per_image[batch["label"] == 1] > 0).all()
+    assert (per_image[batch["label"] == 0] == 0).all()
 
 
 def test_masks_cover_exactly_the_injected_pixels():

@@ -96,7 +96,8 @@ class SpritesDataModule(LightningDataModule):
         checks.in_range("data.sprite_extent", sprite_extent, 0.01, 0.5)
         checks.in_range("data.position_margin", position_margin, 0.0, 0.5)
         checks.require(len(background) == 2 and 0 <= background[0] <= background[1] <= 1,
-                       "data.background", list(background), "[low, high] with 0 <= low <= high <= 1")
+                       "data.background", list(background),
+                       "[low, high] with 0 <= low <= high <= 1")
         checks.require(len(foreground) == 3 and all(0 <= c <= 1 for c in foreground),
                        "data.foreground", list(foreground), "three RGB values in [0, 1]")
         self.style = SpriteStyle(

@@ -13,7 +13,9 @@ class ConfigError(ValueError):
 def require(condition: bool, key: str, value: Any, expected: str) -> None:
     """Raise :class:`ConfigError` naming ``key`` unless ``condition`` holds."""
     if not condition:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected} (override it, e.g. {key}=...)")
+        raise ConfigError(
+            f"{key}={value!r} is invalid: expected {expected} (override it, e.g. {key}=...)"
+        )
 
 
 def positive_int(key: str, value: Any) -> int:

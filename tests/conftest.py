@@ -18,10 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose ``conf/train.yaml`` with overrides; outputs go to a temporary directory."""
 
-    def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
+    def _compose(*overrides: str, config_name: str = "train",
+                 output_dir: Path | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return compose(config_name=config_name,
-                           overrides=[f"paths.output_dir={tmp_path}", *overrides])
+                           overrides=[f"paths.output_dir={output_dir or tmp_path}", *overrides])
 
     return _compose
 
@@ -30,7 +31,7 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 def fast_cfg(compose_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
     """The ``debug=fast`` config (tiny images, a few steps) plus extra overrides."""
 
-    def _fast(*overrides: str) -> DictConfig:
-        return compose_cfg("debug=fast", *overrides)
+    def _fast(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        return compose_cfg("debug=fast", *overrides, output_dir=output_dir)
 
     return _fast

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from anomalib_lite.data import SpritesDataModule
 from anomalib_lite.models import AnomalyModule
-from anomalib_lite.models.components import SpriteAE
+from anomalib_lite.models.components import BaselineAE, SpriteAE, UNetAE
 
 
 def test_default_config_composes_and_instantiates(compose_cfg):
@@ -43,3 +43,21 @@ def test_disallowed_target_is_refused(compose_cfg):
     cfg = compose_cfg("model.net._target_=os.system")
     with pytest.raises(InstantiationException, match="not allowed"):
         hydra.utils.instantiate(cfg.model, _recursive_=False)
+
+
+@pytest.mark.parametrize(("model", "net", "loss", "primary", "clip"), [
+    ("sprite_ae", SpriteAE, {"mse": 1.0}, "l2_mean", None),
+    ("baseline", BaselineAE, {"l1": 1.0}, "l1_mean", None),
+    ("unet", UNetAE, {"l1": 1.0}, "l1_mean", 1.0),
+])
+def test_model_configs_bring_their_seed_recipe(compose_cfg, model, net, loss, primary, clip):
+    cfg = compose_cfg(f"model={model}")
+    assert {k: v for k, v in cfg.loss.items() if k in ("l1", "mse", "ssim")} == loss
+    assert cfg.score.primary == primary and cfg.trainer.gradient_clip_val == clip
+    module = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert isinstance(module.net, net)
+
+
+def test_command_line_beats_the_recipe(compose_cfg):
+    cfg = compose_cfg("model=unet", "loss=mse", "trainer.gradient_clip_val=0.5")
+    assert cfg.loss.mse == 1.0 and "l1" not in cfg.loss and cfg.trainer.gradient_clip_val == 0.5

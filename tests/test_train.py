@@ -91,3 +91,19 @@ def test_cli_unknown_model_lists_the_options(tmp_path):
     assert proc.returncode != 0
     assert "Could not find 'model/nonexistent'" in proc.stderr
     assert "sprite_ae" in proc.stderr  # Hydra lists the available options
+
+
+def test_resume_from_last_checkpoint_reaches_the_same_final_epoch(fast_cfg, tmp_path):
+    def last(run: Path) -> dict:
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+    train(fast_cfg("trainer.max_epochs=3", "test=false", output_dir=tmp_path / "full"))
+    stopped = tmp_path / "stopped"
+    train(fast_cfg("trainer.max_epochs=1", "test=false", output_dir=stopped))
+    assert last(stopped)["epoch"] == 0
+    resumed = fast_cfg("trainer.max_epochs=3", f"ckpt_path={stopped}/checkpoints/last.ckpt",
+                       output_dir=stopped)
+    _, results = train(resumed)
+    full, done = last(tmp_path / "full"), last(stopped)
+    assert (done["epoch"], done["global_step"]) == (full["epoch"], full["global_step"]) == (2, 9)
+    assert results is not None and results["train"]["global_step"] == 9

@@ -45,4 +45,4 @@ def build(cfg: Mapping, key: str, **kwargs: Any) -> Any:
     if not isinstance(cfg, Mapping) or "_target_" not in cfg:
         raise ValueError(f"{key} must be a config with a _target_, got {cfg!r}")
     check_targets(cfg, key)
-    return instantiate(dict(cfg), **kwargs)
+    return instantiate(dict(cfg), _convert_="all", **kwargs)

@@ -1,6 +1,8 @@
 """Plain ``nn.Module`` networks. Each maps images (N, C, H, W) in [0, 1] to a reconstruction
 of the same shape and exposes ``encode`` for its latent code."""
 
+from anomalib_lite.models.components.baseline_ae import BaselineAE
 from anomalib_lite.models.components.sprite_ae import SpriteAE
+from anomalib_lite.models.components.unet_ae import UNetAE
 
-__all__ = ["SpriteAE"]
+__all__ = ["BaselineAE", "SpriteAE", "UNetAE"]

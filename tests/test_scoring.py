@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalib_lite.metrics import confusion_at, image_metrics
-from anomalib_lite.scoring import Scorer, anomaly_map, fit_threshold, reduce_map
+from anomalib_lite.scoring import Scorer, anomaly_map, fit_threshold, reduce_map, smooth_map
 from anomalib_lite.utils.checks import ConfigError
 
 
@@ -92,3 +92,28 @@ def test_confusion_without_threshold_is_nan():
         warnings.simplefilter("error")
         c = confusion_at(torch.rand(4), torch.tensor([0, 1, 0, 1]), float("nan"))
     assert all(math.isnan(v) for v in c.values())
+
+
+def test_smoothing_spreads_an_impulse_and_keeps_constants():
+    impulse = torch.zeros(1, 1, 21, 21)
+    impulse[0, 0, 10, 10] = 1.0
+    smoothed = smooth_map(impulse, sigma=2.0)
+    assert smoothed.sum().item() == pytest.approx(1.0, rel=1e-4)
+    assert smoothed.max() < 0.1 and smoothed[0, 0, 10, 10] == smoothed.max()
+    flat = torch.full((1, 1, 9, 9), 0.3)
+    assert torch.allclose(smooth_map(flat, 1.5), flat)
+    assert smooth_map(impulse, 0.0) is impulse
+
+
+def test_scorer_keys_smoothed_maps_and_uses_them():
+    scorer = Scorer({"raw": {"map": "l1", "reduce": "max"},
+                     "smooth": {"map": "l1", "reduce": "max", "sigma": 2}}, primary="smooth")
+    x, r = torch.zeros(1, 3, 21, 21), torch.zeros(1, 3, 21, 21)
+    r[0, :, 10, 10] = 1.0
+    maps, scores = scorer(x, r)
+    assert set(maps) == {"l1", "l1_s2"} and scorer.primary_map == "l1_s2"
+    assert scores["raw"].item() == pytest.approx(1.0)
+    assert scores["smooth"].item() == pytest.approx(maps["l1_s2"].max().item())
+    assert scores["smooth"].item() < 0.1
+    with pytest.raises(ConfigError, match=r"score\.scores\.s"):
+        Scorer({"s": {"map": "l1", "reduce": "max", "blur": 2}}, primary="s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import kornia
 from torch import Tensor
 
@@ -21,3 +23,11 @@ def anomaly_map(image: Tensor, reconstruction: Tensor, kind: str, ssim_window: i
         ssim = kornia.metrics.ssim(image.float(), reconstruction.float(), ssim_window)
         return 1.0 - ssim.mean(dim=1, keepdim=True)
     raise ValueError(f"unknown anomaly map kind {kind!r}; choose one of {MAP_KINDS}")
+
+
+def smooth_map(amap: Tensor, sigma: float) -> Tensor:
+    """Gaussian smoothing (kornia) of maps (N, 1, H, W); ``sigma`` in pixels, 0 = identity."""
+    if sigma <= 0:
+        return amap
+    size = 2 * math.ceil(2 * sigma) + 1
+    return kornia.filters.gaussian_blur2d(amap, (size, size), (sigma, sigma), border_type="reflect")

@@ -7,16 +7,23 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from anomalib_lite.scoring.maps import MAP_KINDS, anomaly_map
+from anomalib_lite.scoring.maps import MAP_KINDS, anomaly_map, smooth_map
 from anomalib_lite.scoring.reductions import REDUCTIONS, reduce_map
 from anomalib_lite.utils import checks
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
+    """``map`` smoothed by a Gaussian of ``sigma`` pixels (0: none), reduced by ``reduce``."""
+
     map: str
     reduce: str
     k: float = 0.01
+    sigma: float = 0.0
+
+    @property
+    def map_key(self) -> str:
+        return self.map if not self.sigma else f"{self.map}_s{self.sigma:g}"
 
 
 class Scorer:
@@ -34,6 +41,10 @@ class Scorer:
             spec = dict(spec)
             checks.one_of(f"score.scores.{name}.map", spec.get("map"), MAP_KINDS)
             checks.one_of(f"score.scores.{name}.reduce", spec.get("reduce"), REDUCTIONS)
+            unknown = set(spec) - set(ScoreSpec.__dataclass_fields__)
+            checks.require(not unknown, f"score.scores.{name}", sorted(unknown),
+                           f"keys among {sorted(ScoreSpec.__dataclass_fields__)}")
+            checks.in_range(f"score.scores.{name}.sigma", spec.get("sigma", 0.0), 0.0, 64.0)
             self.specs[name] = ScoreSpec(**spec)
         checks.one_of("score.primary", primary, self.specs)
         self.primary = primary
@@ -46,12 +57,16 @@ class Scorer:
 
     @property
     def primary_map(self) -> str:
-        return self.specs[self.primary].map
+        """Key (in the maps returned by ``__call__``) of the primary score's map."""
+        return self.specs[self.primary].map_key
 
     def __call__(self, image: Tensor, reconstruction: Tensor) -> tuple[dict[str, Tensor],
                                                                        dict[str, Tensor]]:
-        """Return ``(maps by kind, scores by name)`` for a batch."""
-        kinds = {spec.map for spec in self.specs.values()}
-        maps = {kind: anomaly_map(image, reconstruction, kind, self.ssim_window) for kind in kinds}
-        scores = {name: reduce_map(maps[s.map], s.reduce, s.k) for name, s in self.specs.items()}
+        """Return ``(maps by map key, scores by name)`` for a batch; each map is made once."""
+        raw = {kind: anomaly_map(image, reconstruction, kind, self.ssim_window)
+               for kind in {spec.map for spec in self.specs.values()}}
+        maps = {spec.map_key: smooth_map(raw[spec.map], spec.sigma)
+                for spec in self.specs.values()}
+        scores = {name: reduce_map(maps[s.map_key], s.reduce, s.k)
+                  for name, s in self.specs.items()}
         return maps, scores

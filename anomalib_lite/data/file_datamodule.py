@@ -1,0 +1,220 @@
+"""Shared pieces of the file-backed datamodules (MVTec AD, plain folders).
+
+A subclass only lists its files as :class:`FileRecord` lists per split; this module
+validates the common settings, splits normal images, decodes the files once into an
+in-memory uint8 cache (:class:`InMemoryAnomalyDataset`) and serves the dataloaders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from anomalib_lite.data.batch import NORMAL_DEFECT
+from anomalib_lite.data.image_io import (
+    image_dims,
+    read_image_uint8,
+    read_mask_bool,
+)
+from anomalib_lite.data.tensor_dataset import InMemoryAnomalyDataset
+from anomalib_lite.utils import checks
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+STAGE_SPLITS = {"fit": SPLITS, "validate": ("val",), "test": ("test",), "predict": ("test",)}
+MAX_DECODE_THREADS = 8
+MAX_LISTED = 5  # files named in one error message
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The files on disk do not match the expected dataset layout; the message says how."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One image file, its label (0 normal, 1 anomalous), defect type and optional mask file."""
+
+    image: Path
+    label: int
+    defect_type: str
+    mask: Path | None = None
+
+
+def list_images(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files directly in ``folder``, sorted; hidden files (``._x.png``) are skipped."""
+    suffixes = {e.lower() for e in extensions}
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+
+
+def require_images(folder: Path, what: str, extensions: Iterable[str] = IMAGE_EXTENSIONS,
+                   hint: str = "") -> list[Path]:
+    """:func:`list_images`, raising a message naming ``what`` if the folder is missing or empty."""
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"{what}: folder {folder} not found.{hint}")
+    images = list_images(folder, extensions)
+    if not images:
+        raise DatasetLayoutError(f"{what}: no images ({', '.join(extensions)}) in {folder}.{hint}")
+    return images
+
+
+def normal_records(paths: Iterable[Path]) -> list[FileRecord]:
+    return [FileRecord(p, 0, NORMAL_DEFECT) for p in paths]
+
+
+def anomalous_records(images: Iterable[tuple[Path, str]],
+                      mask_candidates: Callable[[Path, str], list[Path]] | None,
+                      hint: str = "") -> list[FileRecord]:
+    """Label-1 records for ``(image, defect_type)`` pairs, each with the first existing mask
+    among ``mask_candidates(image, defect_type)``; no masks at all when that is ``None``.
+
+    Raises naming every image without a mask (the first few) and where it was looked for.
+    """
+    records, missing = [], []
+    for image, defect_type in images:
+        candidates = mask_candidates(image, defect_type) if mask_candidates else []
+        mask = next((m for m in candidates if m.is_file()), None)
+        if mask_candidates and mask is None:
+            missing.append(f"  image {image} -> expected mask {' or '.join(map(str, candidates))}")
+        records.append(FileRecord(image, 1, defect_type, mask))
+    if missing:
+        raise DatasetLayoutError(f"{len(missing)} anomalous image(s) have no mask:\n"
+                                 + "\n".join(missing[:MAX_LISTED]) + hint)
+    return records
+
+
+def fraction(key: str, value: Any) -> float:
+    """Validate a fraction strictly between 0 and 1."""
+    checks.require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and 0 < value < 1, key, value, "a fraction strictly between 0 and 1")
+    return float(value)
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Sizes of the held-out parts (each ``round(n * f)``, at least 1); the rest is train."""
+    return [max(1, round(n * f)) for f in fractions]
+
+
+def split_paths(paths: Sequence[Path], fractions: Sequence[float], seed: int,
+                what: str) -> list[list[Path]]:
+    """Shuffle ``paths`` with ``seed`` and cut ``[train, *held-out parts]`` (each sorted).
+
+    Deterministic in ``seed`` and the (sorted) file list; raises if train would be empty.
+    """
+    counts = split_counts(len(paths), fractions)
+    if len(paths) - sum(counts) < 1:
+        raise DatasetLayoutError(
+            f"{what} has {len(paths)} image(s): too few to hold out {counts} for "
+            f"{'/'.join(['val', 'test'][:len(counts)])} and keep >= 1 for train")
+    order = np.random.default_rng(seed).permutation(len(paths)).tolist()
+    shuffled = [paths[i] for i in order]
+    bounds = np.cumsum([len(paths) - sum(counts), *counts]).tolist()
+    return [sorted(shuffled[a:b]) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+
+
+def check_mask_matches(record: FileRecord) -> None:
+    """Raise if the mask's aspect ratio differs from its image's (likely the wrong mask)."""
+    if record.mask is None:
+        return
+    (w, h), (mw, mh) = image_dims(record.image), image_dims(record.mask)
+    if abs(w * mh - h * mw) > 0.01 * w * mh:
+        raise DatasetLayoutError(f"mask {record.mask} is {mw}x{mh} but image {record.image} "
+                                 f"is {w}x{h}: the mask does not belong to the image")
+
+
+def _decode(record: FileRecord, size: int, channels: int) -> tuple[Tensor, Tensor | None]:
+    check_mask_matches(record)
+    mask = None if record.mask is None else read_mask_bool(record.mask, size)
+    return read_image_uint8(record.image, size, channels), mask
+
+
+def decode_records(records: Sequence[FileRecord], size: int,
+                   channels: int = 3) -> InMemoryAnomalyDataset:
+    """Decode every file once (threads; PIL releases the GIL) into an in-memory uint8 dataset.
+
+    Images without a mask file get an all-zero mask.
+    """
+    images = torch.empty(len(records), channels, size, size, dtype=torch.uint8)
+    masks = torch.zeros(len(records), 1, size, size, dtype=torch.bool)
+    threads = max(1, min(MAX_DECODE_THREADS, os.cpu_count() or 1, len(records)))
+    with ThreadPoolExecutor(threads) as pool:
+        decoded = pool.map(lambda r: _decode(r, size, channels), records)
+        for i, (image, mask) in enumerate(decoded):
+            images[i] = image
+            if mask is not None:
+                masks[i] = mask
+    labels = torch.tensor([r.label for r in records], dtype=torch.long)
+    return InMemoryAnomalyDataset(images, labels, masks, [str(r.image) for r in records],
+                                  [r.defect_type for r in records])
+
+
+class FileDataModule(LightningDataModule):
+    """Base for file-backed datamodules; subclasses implement :meth:`list_splits`.
+
+    On the first ``setup`` all splits are listed (so a missing mask or an empty split fails
+    before training); ``setup("fit")`` decodes train, val and test (a corrupt test image is
+    reported before training, not after it), ``setup("test")`` only test. Decoded images are
+    cached in memory as uint8 at ``image_size`` (N x 3 x S x S bytes per split).
+    """
+
+    num_channels = 3
+
+    def __init__(self, image_size: int, val_fraction: float, split_seed: int, batch_size: int,
+                 eval_batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        for key, value in (("image_size", image_size), ("batch_size", batch_size),
+                           ("eval_batch_size", eval_batch_size)):
+            checks.positive_int(f"data.{key}", value)
+        checks.require(image_size % 8 == 0, "data.image_size", image_size,
+                       "a multiple of 8 (the U-Net autoencoder halves the resolution 3 times)")
+        checks.non_negative_int("data.split_seed", split_seed)
+        checks.non_negative_int("data.num_workers", num_workers)
+        self.image_size, self.split_seed = image_size, split_seed
+        self.val_fraction = fraction("data.val_fraction", val_fraction)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers = num_workers
+        self.records: dict[str, list[FileRecord]] = {}
+        self.datasets: dict[str, InMemoryAnomalyDataset] = {}
+
+    def list_splits(self) -> dict[str, list[FileRecord]]:
+        """File records for ``train``, ``val`` and ``test`` (each non-empty)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.records:
+            records = self.list_splits()
+            for split in SPLITS:
+                if not records.get(split):
+                    raise DatasetLayoutError(f"{type(self).__name__}: the {split} split is empty")
+            self.records = records
+        for split in STAGE_SPLITS.get(stage or "", SPLITS):
+            if split not in self.datasets:
+                self.datasets[split] = decode_records(self.records[split], self.image_size,
+                                                      self.num_channels)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+

@@ -46,7 +46,7 @@ def test_disallowed_target_is_refused(compose_cfg):
 
 
 @pytest.mark.parametrize(("model", "net", "loss", "primary", "clip"), [
-    ("sprite_ae", SpriteAE, {"mse": 1.0}, "l2_mean", None),
+    ("sprite_ae", SpriteAE, {"mse": 1.0}, "ssim_s4_top5", None),
     ("baseline", BaselineAE, {"l1": 1.0}, "l1_mean", None),
     ("unet", UNetAE, {"l1": 1.0}, "l1_mean", 1.0),
 ])

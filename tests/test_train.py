@@ -28,8 +28,9 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
     assert "val/loss_best" in fit_metrics and fit_metrics["val/loss_best"] > 0
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk["schema_version"] == 1 and on_disk["primary_score"] == "l2_mean"
-    assert set(on_disk["scores"]) == {"l2_mean", "l1_mean"}
+    assert on_disk["schema_version"] == 1 and on_disk["primary_score"] == cfg.score.primary
+    assert set(on_disk["scores"]) == set(cfg.score.scores) == {"l2_mean", "l1_mean",
+                                                               "ssim_s4_top5"}
     for metrics in on_disk["scores"].values():
         assert set(metrics) == RESULT_KEYS
         assert 0.0 <= metrics["image_auroc"] <= 1.0

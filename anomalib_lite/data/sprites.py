@@ -71,7 +71,7 @@ class SpritesDataModule(LightningDataModule):
 
     def __init__(
         self,
-        n_train: int = 5000,
+        n_train: int = 15000,
         n_val: int = 500,
         n_test_normal: int = 1001,
         n_test_anomalous: int = 1001,

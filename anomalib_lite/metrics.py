@@ -10,7 +10,19 @@ from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
     binary_confusion_matrix,
+    binary_roc,
 )
+
+# FPRs at which the detection rate is reported; 0.331 is the second seed's operating point
+# (331 false positives of 1001 normal images).
+FPR_TARGETS = (0.01, 0.05, 0.1, 0.331)
+
+
+def tpr_at_fpr(scores: Tensor, labels: Tensor,
+               targets: tuple[float, ...] = FPR_TARGETS) -> dict[str, float]:
+    """Highest TPR reachable by a threshold whose FPR does not exceed each target."""
+    fpr, tpr, _ = binary_roc(scores, labels.long())
+    return {f"{t:g}": float(tpr[fpr <= t + 1e-12].max()) for t in targets}
 
 
 def confusion_at(scores: Tensor, labels: Tensor, threshold: float) -> dict[str, float]:
@@ -39,11 +51,13 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float) -> dict[str,
     if normal.numel() and anomalous.numel():
         auroc = float(binary_auroc(scores, labels))
         ap = float(binary_average_precision(scores, labels))
+        operating = tpr_at_fpr(scores, labels)
     else:
         warnings.warn(f"test set holds a single class ({normal.numel()} normal, "
                       f"{anomalous.numel()} anomalous): AUROC and PR-AUC are NaN",
                       stacklevel=2)
         auroc = ap = float("nan")
+        operating = {f"{t:g}": float("nan") for t in FPR_TARGETS}
 
     def mean(x: Tensor) -> float:
         return float(x.mean()) if x.numel() else float("nan")
@@ -53,6 +67,7 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float) -> dict[str,
         "image_pr_auc": ap,
         "mean_score_normal": mean(normal),
         "mean_score_anomalous": mean(anomalous),
+        "tpr_at_fpr": operating,
         "threshold": threshold,
         "confusion": confusion_at(scores, labels, threshold),
         "n_normal": int(normal.numel()),

@@ -6,7 +6,8 @@ Schema (version 1)::
     primary_score:  name of the headline score (e.g. "l2_mean")
     threshold_rule: how thresholds were fitted ({method, quantile | k}) on normal val images
     scores:         {score name: {image_auroc, image_pr_auc, mean_score_normal,
-                     mean_score_anomalous, threshold, n_normal, n_anomalous,
+                     mean_score_anomalous, tpr_at_fpr: {fpr target: best TPR},
+                     threshold, n_normal, n_anomalous,
                      confusion: {tp, fn, tn, fp, precision, recall, f1, fpr}}}
     train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s}
     test_wall_time_s, config (the resolved Hydra config)
@@ -39,12 +40,10 @@ def write_results(path: str | Path, results: dict[str, Any]) -> Path:
     return write_json(path, results)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def summary_table(results: dict[str, Any]) -> Table:
@@ -52,7 +51,8 @@ def summary_table(results: dict[str, Any]) -> Table:
     table = Table(title=f"Test results (primary score: {results['primary_score']})")
     for column in ("score", "AUROC", "PR-AUC", "mean normal", "mean anomalous", "threshold",
                    "TP", "FN", "TN", "FP"):
-        table.add_column(column, justify="left" if column == "score" else "right")
+        table.add_column(column, justify="left" if column == "score" else "right",
+                         no_wrap=column == "score")
     for name, m in results["scores"].items():
         c = m["confusion"]
         table.add_row(name, _fmt(m["image_auroc"]), _fmt(m["image_pr_auc"]),
@@ -63,6 +63,7 @@ def summary_table(results: dict[str, Any]) -> Table:
 
 def print_summary(results: dict[str, Any], path: str | Path | None = None) -> None:
     console = Console()
+    console.width = max(console.width, 120)  # logs default to 80 columns: keep rows whole
     console.print(summary_table(results))
     if path is not None:
         console.print(f"results written to {path}")

@@ -27,11 +27,17 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+TINY_SPRITES = ("data.n_train=40", "data.n_val=20", "data.n_test_normal=20",
+                "data.n_test_anomalous=20")
+
+
 @pytest.fixture
 def fast_cfg(compose_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
-    """The ``debug=fast`` config (tiny images, a few steps) plus extra overrides."""
+    """``debug=fast`` (tiny images, a few steps) plus overrides; tiny splits for the sprites."""
 
     def _fast(*overrides: str, output_dir: Path | None = None) -> DictConfig:
-        return compose_cfg("debug=fast", *overrides, output_dir=output_dir)
+        other_data = any(o.startswith("data=") for o in overrides)
+        sizes = () if other_data else TINY_SPRITES
+        return compose_cfg("debug=fast", *sizes, *overrides, output_dir=output_dir)
 
     return _fast

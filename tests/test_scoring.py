@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from anomalib_lite.metrics import confusion_at, image_metrics
 from anomalib_lite.scoring import Scorer, anomaly_map, fit_threshold, reduce_map, smooth_map
@@ -68,6 +68,9 @@ def test_image_metrics_agree_with_sklearn(seed):
     m = image_metrics(torch.tensor(scores), torch.tensor(labels), threshold=0.5)
     assert m["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
     assert m["image_pr_auc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    for target, value in m["tpr_at_fpr"].items():
+        assert value == pytest.approx(tpr[fpr <= float(target)].max(), abs=1e-6)
     pred = scores > 0.5
     c = m["confusion"]
     assert c["tp"] == int((pred & (labels == 1)).sum())

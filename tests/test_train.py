@@ -19,7 +19,7 @@ from anomalib_lite.train import train
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RESULT_KEYS = {"image_auroc", "image_pr_auc", "mean_score_normal", "mean_score_anomalous",
-               "threshold", "confusion", "n_normal", "n_anomalous"}
+               "tpr_at_fpr", "threshold", "confusion", "n_normal", "n_anomalous"}
 
 
 def test_short_run_writes_complete_results(fast_cfg, tmp_path):

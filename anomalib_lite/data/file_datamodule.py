@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader
 
+from anomalib_lite.data.base import InMemoryDataModule
 from anomalib_lite.data.batch import NORMAL_DEFECT
 from anomalib_lite.data.image_io import (
     image_dims,
@@ -78,7 +77,7 @@ def anomalous_records(images: Iterable[tuple[Path, str]],
     """Label-1 records for ``(image, defect_type)`` pairs, each with the first existing mask
     among ``mask_candidates(image, defect_type)``; no masks at all when that is ``None``.
 
-    Raises naming every image without a mask (the first few) and where it was looked for.
+    Raises naming the images without a mask (the first few) and where each was looked for.
     """
     records, missing = [], []
     for image, defect_type in images:
@@ -158,7 +157,7 @@ def decode_records(records: Sequence[FileRecord], size: int,
                                   [r.defect_type for r in records])
 
 
-class FileDataModule(LightningDataModule):
+class FileDataModule(InMemoryDataModule):
     """Base for file-backed datamodules; subclasses implement :meth:`list_splits`.
 
     On the first ``setup`` all splits are listed (so a missing mask or an empty split fails
@@ -167,24 +166,16 @@ class FileDataModule(LightningDataModule):
     cached in memory as uint8 at ``image_size`` (N x 3 x S x S bytes per split).
     """
 
-    num_channels = 3
-
     def __init__(self, image_size: int, val_fraction: float, split_seed: int, batch_size: int,
                  eval_batch_size: int, num_workers: int) -> None:
-        super().__init__()
-        for key, value in (("image_size", image_size), ("batch_size", batch_size),
-                           ("eval_batch_size", eval_batch_size)):
-            checks.positive_int(f"data.{key}", value)
+        super().__init__(batch_size, eval_batch_size, num_workers)
+        checks.positive_int("data.image_size", image_size)
         checks.require(image_size % 8 == 0, "data.image_size", image_size,
                        "a multiple of 8 (the U-Net autoencoder halves the resolution 3 times)")
         checks.non_negative_int("data.split_seed", split_seed)
-        checks.non_negative_int("data.num_workers", num_workers)
         self.image_size, self.split_seed = image_size, split_seed
         self.val_fraction = fraction("data.val_fraction", val_fraction)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.num_workers = num_workers
         self.records: dict[str, list[FileRecord]] = {}
-        self.datasets: dict[str, InMemoryAnomalyDataset] = {}
 
     def list_splits(self) -> dict[str, list[FileRecord]]:
         """File records for ``train``, ``val`` and ``test`` (each non-empty)."""
@@ -201,20 +192,3 @@ class FileDataModule(LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = decode_records(self.records[split], self.image_size,
                                                       self.num_channels)
-
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-

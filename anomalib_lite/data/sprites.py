@@ -11,10 +11,9 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader
 
+from anomalib_lite.data.base import InMemoryDataModule
 from anomalib_lite.data.batch import NORMAL_DEFECT
 from anomalib_lite.data.sprites_render import (
     EllipseAnomaly,
@@ -66,7 +65,7 @@ def generate_split(
     return torch.cat(images), labels, torch.cat(masks)
 
 
-class SpritesDataModule(LightningDataModule):
+class SpritesDataModule(InMemoryDataModule):
     """dSprites-style anomaly detection data, generated deterministically from ``seed``."""
 
     def __init__(
@@ -86,12 +85,10 @@ class SpritesDataModule(LightningDataModule):
         foreground: Sequence[float] = (1.0, 1.0, 1.0),
         anomaly: dict | None = None,
     ) -> None:
-        super().__init__()
-        for key in ("n_train", "n_val", "n_test_normal", "n_test_anomalous", "image_size",
-                    "batch_size", "eval_batch_size"):
+        super().__init__(batch_size, eval_batch_size, num_workers)
+        for key in ("n_train", "n_val", "n_test_normal", "n_test_anomalous", "image_size"):
             checks.positive_int(f"data.{key}", locals()[key])
         checks.require(image_size % 4 == 0, "data.image_size", image_size, "a multiple of 4")
-        checks.non_negative_int("data.num_workers", num_workers)
         checks.non_negative_int("data.seed", seed)
         checks.in_range("data.sprite_extent", sprite_extent, 0.01, 0.5)
         checks.in_range("data.position_margin", position_margin, 0.0, 0.5)
@@ -114,9 +111,7 @@ class SpritesDataModule(LightningDataModule):
             "val": (n_val, 0),
             "test": (n_test_normal, n_test_anomalous),
         }
-        self.seed, self.batch_size, self.eval_batch_size = seed, batch_size, eval_batch_size
-        self.num_workers = num_workers
-        self.datasets: dict[str, InMemoryAnomalyDataset] = {}
+        self.seed = seed
         self.save_hyperparameters({"style": asdict(self.style), "anomaly": asdict(self.anomaly),
                                    "sizes": self.sizes, "seed": seed})
 
@@ -136,22 +131,6 @@ class SpritesDataModule(LightningDataModule):
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
-
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 def _anomaly_from_config(cfg: dict) -> EllipseAnomaly:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 from anomalib_lite.train import CONFIG_DIR
 
@@ -41,3 +43,39 @@ def fast_cfg(compose_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig
         return compose_cfg("debug=fast", *sizes, *overrides, output_dir=output_dir)
 
     return _fast
+
+
+# ---------------------------------------------------------------- tiny MVTec AD layout
+def write_image(path: Path, seed: int, mode: str = "RGB", side: int = 40) -> None:
+    """A random ``side`` x ``side`` image saved in PIL ``mode``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+
+
+def box_mask(seed: int, side: int = 40) -> np.ndarray:
+    """A uint8 0/255 mask with one random rectangle."""
+    y, x = np.random.default_rng(seed).integers(2, side // 2, 2)
+    mask = np.zeros((side, side), dtype=np.uint8)
+    mask[y:y + side // 3, x:x + side // 4] = 255
+    return mask
+
+
+def make_mvtec(root: Path, category: str = "bottle", n_train: int = 6) -> Path:
+    """Tiny MVTec layout: ``n_train`` train/good (one L, one RGBA), 2 test/good, 2 crack."""
+    folder = root / category
+    modes = ["L", "RGBA"] + ["RGB"] * (n_train - 2)
+    for i, mode in enumerate(modes):
+        write_image(folder / "train" / "good" / f"{i:03d}.png", i, mode)
+    for i in range(2):
+        write_image(folder / "test" / "good" / f"{i:03d}.png", 100 + i)
+        write_image(folder / "test" / "crack" / f"{i:03d}.png", 200 + i)
+        mask_file = folder / "ground_truth" / "crack" / f"{i:03d}_mask.png"
+        mask_file.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(box_mask(i)).save(mask_file)
+    return root
+
+
+@pytest.fixture
+def mvtec_root(tmp_path: Path) -> Path:
+    return make_mvtec(tmp_path / "mvtec")

@@ -108,3 +108,31 @@ def test_resume_from_last_checkpoint_reaches_the_same_final_epoch(fast_cfg, tmp_
     full, done = last(tmp_path / "full"), last(stopped)
     assert (done["epoch"], done["global_step"]) == (full["epoch"], full["global_step"]) == (2, 9)
     assert results is not None and results["train"]["global_step"] == 9
+
+
+def test_bf16_mixed_precision_trains_and_scores_in_float32(fast_cfg):
+    cfg = fast_cfg("model=unet", "trainer.precision=bf16-mixed", "callbacks=none")
+    _, results = train(cfg)
+    for metrics in results["scores"].values():
+        assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["threshold"] > 0
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.predict_batch(images)
+    assert out["reconstruction"].dtype == torch.float32
+    assert all(s.dtype == torch.float32 for s in out["scores"].values())
+
+
+@pytest.mark.parametrize("model", ["baseline", "unet"])
+def test_mvtec_layout_trains_and_reports_seed000_scores(fast_cfg, mvtec_root, tmp_path, model):
+    cfg = fast_cfg(f"model={model}", "data=bottle", f"data.root={mvtec_root}",
+                   "data.val_fraction=0.34")
+    _, results = train(cfg)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["primary_score"] == "l1_mean" == results["primary_score"]
+    assert set(on_disk["scores"]) == {"l1_mean", "l1_top1"}
+    for metrics in on_disk["scores"].values():
+        assert (metrics["n_normal"], metrics["n_anomalous"]) == (2, 2)
+        assert 0.0 <= metrics["image_auroc"] <= 1.0
+    assert on_disk["config"]["model"]["net"]["_target_"].endswith(
+        "UNetAE" if model == "unet" else "BaselineAE")

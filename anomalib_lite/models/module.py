@@ -65,11 +65,24 @@ class AnomalyModule(LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """The network's reconstruction in float32 (the net itself may run under autocast)."""
+        return self.net(images).float()
+
     def predict_batch(self, images: Tensor) -> dict[str, Any]:
-        """The one inference path (test, predict, export): reconstruction, maps, scores."""
-        reconstruction = self.net(images)
-        maps, scores = self.scorer(images, reconstruction)
+        """The one inference path (test, predict, export): reconstruction, maps, scores.
+
+        Maps and scores are computed in float32 outside autocast: bf16's 8-bit mantissa
+        would turn small reconstruction errors into ties.
+        """
+        reconstruction = self.reconstruct(images)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            maps, scores = self.scorer(images.float(), reconstruction)
         return {"reconstruction": reconstruction, "maps": maps, "scores": scores}
+
+    def reconstruction_loss(self, reconstruction: Tensor, images: Tensor) -> Tensor:
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.loss_fn(reconstruction.float(), images.float())
 
     def threshold_of(self, score: str) -> float:
         return float(self.thresholds[self.scorer.names.index(score)])
@@ -77,7 +90,7 @@ class AnomalyModule(LightningModule):
     # ----------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images = batch["image"]
-        loss = self.loss_fn(self.net(images), images)
+        loss = self.reconstruction_loss(self.reconstruct(images), images)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0])
         return loss
@@ -88,7 +101,7 @@ class AnomalyModule(LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images = batch["image"]
         out = self.predict_batch(images)
-        loss = self.loss_fn(out["reconstruction"], images)
+        loss = self.reconstruction_loss(out["reconstruction"], images)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=images.shape[0])
         normal = batch["label"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import torch
 from torch import Tensor
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -18,10 +19,20 @@ from torchmetrics.functional.classification import (
 FPR_TARGETS = (0.01, 0.05, 0.1, 0.331)
 
 
+def dense_ranks(scores: Tensor) -> Tensor:
+    """Scores → their dense ranks scaled to [0, 1]: the order and the ties are kept exactly.
+
+    torchmetrics squashes scores outside [0, 1] with a sigmoid, which can merge close
+    float32 values into ties; ranking metrics depend on the order alone.
+    """
+    _, inverse = torch.unique(scores, return_inverse=True)
+    return inverse.double() / max(1, int(inverse.max()) if inverse.numel() else 1)
+
+
 def tpr_at_fpr(scores: Tensor, labels: Tensor,
                targets: tuple[float, ...] = FPR_TARGETS) -> dict[str, float]:
     """Highest TPR reachable by a threshold whose FPR does not exceed each target."""
-    fpr, tpr, _ = binary_roc(scores, labels.long())
+    fpr, tpr, _ = binary_roc(dense_ranks(scores), labels.long())
     return {f"{t:g}": float(tpr[fpr <= t + 1e-12].max()) for t in targets}
 
 
@@ -46,16 +57,19 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float) -> dict[str,
     With a single class present the ranking metrics are undefined: they are NaN and a
     warning says why, instead of an error in the middle of a run.
     """
-    scores, labels = scores.detach().float().cpu(), labels.detach().long().cpu()
+    scores, labels = scores.detach().double().cpu(), labels.detach().long().cpu()
     normal, anomalous = scores[labels == 0], scores[labels == 1]
-    if normal.numel() and anomalous.numel():
-        auroc = float(binary_auroc(scores, labels))
-        ap = float(binary_average_precision(scores, labels))
+    finite = bool(torch.isfinite(scores).all())
+    if normal.numel() and anomalous.numel() and finite:
+        ranks = dense_ranks(scores)
+        auroc = float(binary_auroc(ranks, labels))
+        ap = float(binary_average_precision(ranks, labels))
         operating = tpr_at_fpr(scores, labels)
     else:
-        warnings.warn(f"test set holds a single class ({normal.numel()} normal, "
-                      f"{anomalous.numel()} anomalous): AUROC and PR-AUC are NaN",
-                      stacklevel=2)
+        reason = ("some scores are NaN or infinite (a diverged model?)" if not finite else
+                  f"the test set holds a single class ({normal.numel()} normal, "
+                  f"{anomalous.numel()} anomalous)")
+        warnings.warn(f"{reason}: AUROC and PR-AUC are NaN", stacklevel=2)
         auroc = ap = float("nan")
         operating = {f"{t:g}": float("nan") for t in FPR_TARGETS}
 

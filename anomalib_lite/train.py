@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from anomalib_lite.results import build_results, print_summary, write_results
+from anomalib_lite.utils.checks import ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -26,13 +27,29 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
+def build_model(cfg: DictConfig) -> pl.LightningModule:
+    """A new model from ``cfg.model``, or with ``train=false`` the one in ``ckpt_path``.
+
+    A checkpoint is rebuilt from its own hyper-parameters, so its scores and thresholds
+    are the ones it was validated with, whatever the current config says.
+    """
+    if cfg.get("train", True):
+        return hydra.utils.instantiate(cfg.model, _recursive_=False)
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("train=false tests a trained model: set ckpt_path=<path to .ckpt>")
+    module_class = hydra.utils.get_class(cfg.model._target_)
+    return module_class.load_from_checkpoint(cfg.ckpt_path, map_location="cpu",
+                                             weights_only=True)
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Fit and test as configured. Returns ``(metrics after fit, results or None)``."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    # plain containers: datamodule hyper-parameters go into checkpoints (weights_only)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = build_model(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
@@ -49,9 +66,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
         return fit_metrics, None
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if not cfg.get("train", True):
+        best = str(cfg.ckpt_path)  # already loaded by build_model
     start = time.perf_counter()
     trainer.test(model, datamodule=datamodule,
-                 ckpt_path=best or (None if cfg.get("train", True) else cfg.get("ckpt_path")),
+                 ckpt_path=best if cfg.get("train", True) and best else None,
                  weights_only=True)
     test_time = time.perf_counter() - start
     train_info = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
@@ -69,7 +88,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
 def main(cfg: DictConfig) -> float | None:
     fit_metrics, _ = train(cfg)
     metric = cfg.get("optimized_metric")
-    if metric is None:
+    if metric is None or not cfg.get("train", True):
         return None
     if metric not in fit_metrics:
         raise KeyError(f"optimized_metric={metric!r} was not logged; logged metrics: "

@@ -79,3 +79,15 @@ def make_mvtec(root: Path, category: str = "bottle", n_train: int = 6) -> Path:
 @pytest.fixture
 def mvtec_root(tmp_path: Path) -> Path:
     return make_mvtec(tmp_path / "mvtec")
+
+
+def make_folder_dataset(root: Path, n_normal: int = 10, n_anomalous: int = 3) -> dict[str, Path]:
+    """A user's own data: ``good/``, ``scratch/`` and ``masks/scratch/<stem>_mask.png``."""
+    for i in range(n_normal):
+        write_image(root / "good" / f"{i:03d}.png", 300 + i)
+    for i in range(n_anomalous):
+        write_image(root / "scratch" / f"s{i}.png", 400 + i)
+        mask_file = root / "masks" / "scratch" / f"s{i}_mask.png"
+        mask_file.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(box_mask(i)).save(mask_file)
+    return {"normal": root / "good", "scratch": root / "scratch", "masks": root / "masks"}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 import pytest
+import torch
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from anomalib_lite.data import SpritesDataModule
 from anomalib_lite.models import AnomalyModule
 from anomalib_lite.models.components import BaselineAE, SpriteAE, UNetAE
+from anomalib_lite.utils.instantiate import build
 
 
 def test_default_config_composes_and_instantiates(compose_cfg):
@@ -39,10 +43,46 @@ def test_negative_size_fails_with_the_key(compose_cfg):
         hydra.utils.instantiate(cfg.data)
 
 
-def test_disallowed_target_is_refused(compose_cfg):
-    cfg = compose_cfg("model.net._target_=os.system")
-    with pytest.raises(InstantiationException, match="not allowed"):
-        hydra.utils.instantiate(cfg.model, _recursive_=False)
+@pytest.mark.parametrize("net", [
+    {"_target_": "os.system", "command": "echo pwned"},
+    {"_target_": "anomalib_lite.utils.io.os.system", "command": "echo pwned"},
+    {"_target_": "torch.nn.functional.torch.load", "f": "x.pt", "weights_only": False},
+    {"_target_": "anomalib_lite.utils.instantiate.instantiate",
+     "config": {"_target_": "anomalib_lite.utils.instantiate.OmegaConf.create",
+                "obj": "{_target_: os.system, command: echo pwned}"}},
+    {"_target_": "torch.nn.functional.relu"},  # a function, not a module class
+    {"_target_": "anomalib_lite.models.components.SpriteAE", "_args_": [3]},
+    {"_target_": "anomalib_lite.models.components.SpriteAE",
+     "hidden": {"_target_": "builtins.eval", "_args_": ["1"]}},
+])
+def test_disallowed_targets_are_refused_and_never_run(net, capfd):
+    with pytest.raises(ValueError, match="not allowed"):
+        build(net, "model.net")
+    assert "pwned" not in capfd.readouterr().out
+
+
+def test_allowed_targets_still_build():
+    assert isinstance(build({"_target_": "anomalib_lite.models.components.SpriteAE"}, "n"),
+                      SpriteAE)
+    sched = build({"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau"}, "s",
+                  optimizer=torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]))
+    assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_tampered_checkpoint_config_is_refused_on_load(tmp_path):
+    from anomalib_lite.models import AnomalyModule
+
+    model = AnomalyModule(net={"_target_": "anomalib_lite.models.components.SpriteAE"},
+                          loss={"_target_": "anomalib_lite.losses.ReconstructionLoss", "mse": 1},
+                          optimizer={"_target_": "torch.optim.Adam"})
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.0",
+                "hyper_parameters": {**model.hparams, "net": {
+                    "_target_": "anomalib_lite.utils.io.os.system", "command": "touch pwned"}}},
+               path)
+    with pytest.raises(ValueError, match="not allowed"):
+        AnomalyModule.load_from_checkpoint(path, weights_only=True)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
 
 
 @pytest.mark.parametrize(("model", "net", "loss", "primary", "clip"), [

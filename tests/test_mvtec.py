@@ -20,7 +20,7 @@ from anomalib_lite.train import CONFIG_DIR
 from anomalib_lite.utils.checks import ConfigError
 
 SIZE = 32
-REAL_ROOT = Path("/work/shared/data/mvtec")
+REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec"
 
 
 def setup_dm(root: Path, **kwargs) -> MVTecDataModule:

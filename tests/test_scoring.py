@@ -120,3 +120,19 @@ def test_scorer_keys_smoothed_maps_and_uses_them():
     assert scores["smooth"].item() < 0.1
     with pytest.raises(ConfigError, match=r"score\.scores\.s"):
         Scorer({"s": {"map": "l1", "reduce": "max", "blur": 2}}, primary="s")
+
+
+def test_close_scores_outside_unit_range_keep_their_order():
+    """torchmetrics would squash scores > 1 with a sigmoid; ranks keep them apart."""
+    base = 30.0
+    scores = torch.tensor([base, base + 1e-4, base + 2e-4, base + 3e-4], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1])
+    m = image_metrics(scores, labels, threshold=base + 1.5e-4)
+    assert m["image_auroc"] == pytest.approx(1.0) and m["image_pr_auc"] == pytest.approx(1.0)
+
+
+def test_non_finite_scores_warn_and_give_nan():
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        m = image_metrics(torch.tensor([0.1, float("nan"), 0.3, 0.4]),
+                          torch.tensor([0, 0, 1, 1]), threshold=0.2)
+    assert math.isnan(m["image_auroc"])

@@ -11,10 +11,12 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+from conftest import TINY_SPRITES, make_folder_dataset
 from lightning.pytorch import Trainer
 
 from anomalib_lite.models import AnomalyModule
 from anomalib_lite.train import train
+from anomalib_lite.utils.checks import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +43,25 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
     assert on_disk["config"]["data"]["image_size"] == 32
     assert on_disk["train"]["global_step"] == 3  # limit_train_batches=3, one epoch
 
-    # the threshold in results.json is the one stored in the best checkpoint
-    ckpt = torch.load(on_disk["train"]["best_checkpoint"], weights_only=True)
-    assert ckpt["state_dict"]["thresholds"][0].item() == pytest.approx(
-        on_disk["scores"]["l2_mean"]["threshold"])
     model = AnomalyModule.load_from_checkpoint(on_disk["train"]["best_checkpoint"],
                                                weights_only=True)
     assert model.threshold_of("l2_mean") == pytest.approx(on_disk["scores"]["l2_mean"]["threshold"])
+
+
+def test_best_checkpoint_holds_the_threshold_of_its_own_weights(fast_cfg):
+    """Thresholds are fitted on that epoch's validation pass, before the checkpoint is saved."""
+    cfg = fast_cfg("trainer.max_epochs=3", "trainer.limit_val_batches=1.0", "test=false")
+    train(cfg)
+    best = sorted((Path(cfg.paths.output_dir) / "checkpoints").glob("epoch_*.ckpt"))[-1]
+    model = AnomalyModule.load_from_checkpoint(best, weights_only=True).eval()
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("validate")
+    images = datamodule.datasets["val"].images.float() / 255
+    with torch.no_grad():
+        scores = model.predict_batch(images)["scores"]
+    for name in model.scorer.names:
+        expected = torch.quantile(scores[name].double(), 0.99).item()
+        assert model.threshold_of(name) == pytest.approx(expected, rel=1e-5), name
 
 
 def test_threshold_is_the_quantile_of_normal_validation_scores(fast_cfg):
@@ -73,7 +87,7 @@ def test_threshold_is_the_quantile_of_normal_validation_scores(fast_cfg):
 
 def test_cli_runs_with_overrides(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "anomalib_lite.train", "debug=fast", "loss=l1",
+    cmd = [sys.executable, "-m", "anomalib_lite.train", "debug=fast", *TINY_SPRITES, "loss=l1",
            "score.primary=l1_mean", f"hydra.run.dir={tmp_path}/run"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -110,17 +124,22 @@ def test_resume_from_last_checkpoint_reaches_the_same_final_epoch(fast_cfg, tmp_
     assert results is not None and results["train"]["global_step"] == 9
 
 
-def test_bf16_mixed_precision_trains_and_scores_in_float32(fast_cfg):
+def test_bf16_mixed_precision_trains_and_evaluates_in_float32(fast_cfg):
     cfg = fast_cfg("model=unet", "trainer.precision=bf16-mixed", "callbacks=none")
     _, results = train(cfg)
     for metrics in results["scores"].values():
         assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["threshold"] > 0
-    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False).eval()
     images = torch.rand(2, 3, 32, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model.predict_batch(images)
-    assert out["reconstruction"].dtype == torch.float32
-    assert all(s.dtype == torch.float32 for s in out["scores"].values())
+    with torch.no_grad():
+        reference = model.predict_batch(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.predict_batch(images)
+            quantised = model.net(images).float()
+    assert torch.equal(mixed["reconstruction"], reference["reconstruction"])
+    assert not torch.equal(quantised, reference["reconstruction"])  # bf16 would differ
+    for name, scores in reference["scores"].items():
+        assert torch.equal(mixed["scores"][name], scores)
 
 
 @pytest.mark.parametrize("model", ["baseline", "unet"])
@@ -136,3 +155,37 @@ def test_mvtec_layout_trains_and_reports_seed000_scores(fast_cfg, mvtec_root, tm
         assert 0.0 <= metrics["image_auroc"] <= 1.0
     assert on_disk["config"]["model"]["net"]["_target_"].endswith(
         "UNetAE" if model == "unet" else "BaselineAE")
+
+
+def test_folder_dataset_trains_and_its_checkpoint_loads_weights_only(fast_cfg, tmp_path):
+    dirs = make_folder_dataset(tmp_path / "own")
+    cfg = fast_cfg("data=folder", f"data.normal_dir={dirs['normal']}",
+                   f"data.abnormal_dirs=[{dirs['scratch']}]", f"data.mask_dir={dirs['masks']}",
+                   "data.val_fraction=0.2", "data.test_fraction=0.2")
+    _, results = train(cfg)
+    metrics = results["scores"]["l2_mean"]
+    assert metrics["n_anomalous"] == 3 and metrics["n_normal"] >= 1
+    ckpt = torch.load(results["train"]["best_checkpoint"], weights_only=True)
+    assert ckpt["datamodule_hyper_parameters"]["abnormal_dirs"] == [str(dirs["scratch"])]
+
+
+def test_train_false_tests_the_checkpoint_with_its_own_config(fast_cfg, tmp_path):
+    _, trained = train(fast_cfg(output_dir=tmp_path / "a"))
+    ckpt = trained["train"]["best_checkpoint"]
+    # the current config names another score set: the checkpoint's own one must be used
+    cfg = fast_cfg("train=false", f"ckpt_path={ckpt}", "score=seed000", output_dir=tmp_path / "b")
+    _, tested = train(cfg)
+    assert tested["scores"] == trained["scores"]  # same weights, thresholds and score set
+    assert tested["train"]["best_checkpoint"] == ckpt
+    with pytest.raises(ConfigError, match="ckpt_path"):
+        train(fast_cfg("train=false", output_dir=tmp_path / "c"))
+
+
+def test_resume_into_a_new_directory_keeps_the_best_validation_loss(fast_cfg, tmp_path):
+    first = fast_cfg("trainer.max_epochs=2", "test=false", output_dir=tmp_path / "first")
+    fit_first, _ = train(first)
+    resumed = fast_cfg("trainer.max_epochs=3", "test=false",
+                       f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+                       output_dir=tmp_path / "second")
+    fit_resumed, _ = train(resumed)
+    assert fit_resumed["val/loss_best"] <= fit_first["val/loss_best"] + 1e-9

@@ -10,7 +10,6 @@ is refused, never just warned about.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,14 @@ class ImageLoadError(OSError):
 def _open(path: str | Path) -> Image.Image:
     """Open and fully decode ``path`` (bomb warnings are errors); raise :class:`ImageLoadError`."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return img
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        with Image.open(path) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.size[0] * img.size[1] > limit:  # checked here: thread-safe
+                raise Image.DecompressionBombError(
+                    f"{img.size[0]}x{img.size[1]} pixels exceed the limit of {limit}")
+            img.load()
+            return img
+    except Image.DecompressionBombError as err:
         reason = (f"{type(err).__name__}: {err} (a decompression-bomb guard; the limit is "
                   "PIL.Image.MAX_IMAGE_PIXELS)")
         raise ImageLoadError(f"cannot read image {path}: {reason}") from err

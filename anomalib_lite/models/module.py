@@ -7,13 +7,14 @@ hyper-parameters and built here, so a checkpoint is self-describing and loads wi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import CatMetric, MinMetric
+from torchmetrics import CatMetric
 
 from anomalib_lite.data.batch import Batch
 from anomalib_lite.metrics import image_metrics
@@ -33,11 +34,16 @@ def _cat() -> CatMetric:
 
 
 def _gathered(metric: CatMetric) -> Tensor:
-    """All values gathered across processes (empty if nothing was added)."""
-    if not metric.update_called:
-        return torch.empty(0)
-    value = metric.compute()
-    return value.reshape(-1) if isinstance(value, Tensor) else torch.cat(value).reshape(-1)
+    """All values gathered across processes (empty if nothing was added).
+
+    ``compute`` is called on every rank, updated or not, so that the collective matches.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+        value = metric.compute()
+    if isinstance(value, Tensor):
+        return value.reshape(-1)
+    return torch.cat([v.reshape(-1) for v in value]) if len(value) else torch.empty(0)
 
 
 class AnomalyModule(LightningModule):
@@ -58,7 +64,8 @@ class AnomalyModule(LightningModule):
         self.val_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
         self.test_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
         self.test_labels = _cat()
-        self.val_loss_best = MinMetric()
+        # a buffer, so the best validation loss survives checkpoint and resume
+        self.register_buffer("val_loss_best", torch.tensor(float("inf")))
         self.test_results: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- inference path
@@ -66,18 +73,20 @@ class AnomalyModule(LightningModule):
         return self.net(images)
 
     def reconstruct(self, images: Tensor) -> Tensor:
-        """The network's reconstruction in float32 (the net itself may run under autocast)."""
+        """The network's reconstruction as float32 (the net may run under autocast)."""
         return self.net(images).float()
 
     def predict_batch(self, images: Tensor) -> dict[str, Any]:
-        """The one inference path (test, predict, export): reconstruction, maps, scores.
+        """The one inference path (validation, test, predict, export): reconstruction, maps
+        and scores, always in float32 with autocast off.
 
-        Maps and scores are computed in float32 outside autocast: bf16's 8-bit mantissa
-        would turn small reconstruction errors into ties.
+        Mixed precision speeds up training only: a bf16 reconstruction (8-bit mantissa)
+        is quantised as coarsely as the errors it is scored by.
         """
-        reconstruction = self.reconstruct(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            maps, scores = self.scorer(images.float(), reconstruction)
+            images = images.float()
+            reconstruction = self.reconstruct(images)
+            maps, scores = self.scorer(images, reconstruction)
         return {"reconstruction": reconstruction, "maps": maps, "scores": scores}
 
     def reconstruction_loss(self, reconstruction: Tensor, images: Tensor) -> Tensor:
@@ -94,9 +103,6 @@ class AnomalyModule(LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0])
         return loss
-
-    def on_train_start(self) -> None:
-        self.val_loss_best.reset()  # forget the sanity check's value
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images = batch["image"]
@@ -115,8 +121,9 @@ class AnomalyModule(LightningModule):
             self.thresholds[i] = fit_threshold(normal_scores, **self.scorer.threshold)
             self.val_scores[name].reset()
         if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
-            self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
-            self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
+            loss = self.trainer.callback_metrics["val/loss"].to(self.val_loss_best)
+            self.val_loss_best = torch.minimum(self.val_loss_best, loss)
+            self.log("val/loss_best", self.val_loss_best)
 
     # ----------------------------------------------------------------- evaluation
     def test_step(self, batch: Batch, batch_idx: int) -> None:
@@ -142,6 +149,14 @@ class AnomalyModule(LightningModule):
                              "threshold_rule": self.scorer.threshold,
                              "scores": per_score}
 
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """Scores, decisions at the stored thresholds and the primary map, per image."""
+        out = self.predict_batch(batch["image"])
+        decisions = {name: scores > self.threshold_of(name)
+                     for name, scores in out["scores"].items()}
+        return {"path": batch["path"], "scores": out["scores"], "anomalous": decisions,
+                "anomaly_map": out["maps"][self.scorer.primary_map]}
+
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
         optimizer = build(self.hparams.optimizer, "model.optimizer",
@@ -151,5 +166,8 @@ class AnomalyModule(LightningModule):
         scheduler_cfg = dict(self.hparams.scheduler)
         monitor = scheduler_cfg.pop("monitor", "val/loss")
         scheduler = build(scheduler_cfg, "model.scheduler", optimizer=optimizer)
+        # step only on epochs that validate, so the monitored value exists and is fresh
+        every = self.trainer.check_val_every_n_epoch if self._trainer is not None else 1
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"}}
+                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch",
+                                 "frequency": every or 1}}

@@ -30,4 +30,5 @@ def smooth_map(amap: Tensor, sigma: float) -> Tensor:
     if sigma <= 0:
         return amap
     size = 2 * math.ceil(2 * sigma) + 1
-    return kornia.filters.gaussian_blur2d(amap, (size, size), (sigma, sigma), border_type="reflect")
+    return kornia.filters.gaussian_blur2d(amap, (size, size), (sigma, sigma),
+                                          border_type="replicate")

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from anomalib_lite.scoring.maps import MAP_KINDS, anomaly_map, smooth_map
 from anomalib_lite.scoring.reductions import REDUCTIONS, reduce_map
+from anomalib_lite.scoring.threshold import THRESHOLD_METHODS
 from anomalib_lite.utils import checks
 
 
@@ -45,11 +46,22 @@ class Scorer:
             checks.require(not unknown, f"score.scores.{name}", sorted(unknown),
                            f"keys among {sorted(ScoreSpec.__dataclass_fields__)}")
             checks.in_range(f"score.scores.{name}.sigma", spec.get("sigma", 0.0), 0.0, 64.0)
+            checks.require(0 < spec.get("k", 0.01) <= 1, f"score.scores.{name}.k",
+                           spec.get("k"), "a fraction in (0, 1]")
             self.specs[name] = ScoreSpec(**spec)
         checks.one_of("score.primary", primary, self.specs)
         self.primary = primary
+        checks.require(isinstance(ssim_window, int) and ssim_window >= 3 and ssim_window % 2,
+                       "score.ssim_window", ssim_window, "an odd integer >= 3")
         self.ssim_window = ssim_window
         self.threshold = dict(threshold or {"method": "quantile", "quantile": 0.99})
+        checks.one_of("score.threshold.method", self.threshold.get("method"),
+                               THRESHOLD_METHODS)
+        checks.in_range("score.threshold.quantile", self.threshold.get("quantile", 0.99),
+                        1e-9, 1.0)
+        unknown = set(self.threshold) - {"method", "quantile", "k"}
+        checks.require(not unknown, "score.threshold", sorted(unknown),
+                       "keys among ['k', 'method', 'quantile']")
 
     @property
     def names(self) -> list[str]:

@@ -1,10 +1,15 @@
-"""Image-level metrics from gathered scores and labels (torchmetrics' functional API)."""
+"""Image- and pixel-level metrics from gathered scores, labels, maps and masks.
+
+Ranking metrics come from torchmetrics' functional API on dense ranks (exact for ties and
+for scores outside [0, 1]); AUPRO follows the MVTec AD reference algorithm.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.functional.classification import (
@@ -88,3 +93,93 @@ def image_metrics(scores: Tensor, labels: Tensor, threshold: float) -> dict[str,
         "n_anomalous": int(anomalous.numel()),
     }
 
+
+
+def f1_max(scores: Tensor, labels: Tensor) -> tuple[float, float]:
+    """Best F1 over all thresholds ``score >= t`` and that threshold (an oracle: it uses
+    the labels). Returns ``(nan, nan)`` without positives."""
+    scores, labels = scores.double().flatten(), labels.long().flatten()
+    positives = int(labels.sum())
+    if positives == 0:
+        return float("nan"), float("nan")
+    order = torch.argsort(scores, descending=True)
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    tp = torch.cumsum(sorted_labels, 0).double()
+    fp = torch.cumsum(1 - sorted_labels, 0).double()
+    last_of_tie = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last_of_tie[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    tp, fp, thresholds = tp[last_of_tie], fp[last_of_tie], sorted_scores[last_of_tie]
+    f1 = 2 * tp / (tp + fp + positives)
+    best = int(torch.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def per_defect_auroc(scores: Tensor, labels: Tensor, defect_types: list[str]) -> dict[str, float]:
+    """Image AUROC of the normal images against each defect type alone."""
+    normal = labels == 0
+    result: dict[str, float] = {}
+    if not normal.any():
+        return result
+    for defect in sorted({d for d, y in zip(defect_types, labels.tolist(), strict=True) if y}):
+        chosen = normal | torch.tensor([d == defect for d in defect_types])
+        result[defect] = float(binary_auroc(dense_ranks(scores[chosen]), labels[chosen]))
+    return result
+
+
+def pixel_auroc(maps: Tensor, masks: Tensor) -> float:
+    """AUROC over every pixel of every image (NaN if the masks hold a single class)."""
+    values, truth = maps.double().flatten(), masks.flatten() > 0.5
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(binary_auroc(dense_ranks(values), truth.long()))
+
+
+def connected_regions(masks: Tensor) -> Tensor:
+    """Connected-component ids (8-connectivity, 0 = background), unique across images."""
+    from scipy import ndimage  # a scikit-learn dependency; imported where it is needed
+
+    ids = torch.zeros(masks.shape, dtype=torch.long)
+    offset = 0
+    for i, mask in enumerate(masks.cpu().numpy() > 0.5):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        ids[i] = torch.from_numpy(labelled).long() + offset * torch.from_numpy(labelled > 0)
+        offset += count
+    return ids
+
+
+def aupro(maps: Tensor, masks: Tensor, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit``, divided by it.
+
+    The MVTec AD reference algorithm: sort pixels by score; the FPR grows by 1/#normal
+    pixels per normal pixel, the PRO by 1/(#regions x region size) per defect pixel;
+    integrate PRO over FPR (trapezoids) up to the limit, interpolating the last step.
+    Maps and masks are (N, H, W) or (N, 1, H, W). NaN without regions or normal pixels.
+    """
+    maps, masks = maps.reshape(-1, *maps.shape[-2:]), masks.reshape(-1, *masks.shape[-2:])
+    regions = connected_regions(masks).flatten()
+    n_regions = int(regions.max())
+    normal = regions == 0
+    if n_regions == 0 or not normal.any():
+        return float("nan")
+    sizes = torch.bincount(regions, minlength=n_regions + 1).double()
+    fpr_step = normal.double() / int(normal.sum())
+    pro_step = torch.where(normal, torch.zeros((), dtype=torch.float64),
+                           1.0 / (n_regions * sizes[regions]))
+    scores = maps.double().flatten().cpu()
+    order = torch.argsort(scores, descending=True)
+    scores = scores[order]
+    fpr, pro = torch.cumsum(fpr_step[order], 0), torch.cumsum(pro_step[order], 0)
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep[:-1] = scores[1:] != scores[:-1]  # one point per distinct threshold
+    zero = torch.zeros(1, dtype=torch.float64)
+    fpr = torch.cat([zero, fpr[keep]]).clamp(max=1.0)
+    pro = torch.cat([zero, pro[keep]]).clamp(max=1.0)
+    inside = int(torch.searchsorted(fpr, torch.tensor([fpr_limit], dtype=torch.float64),
+                                    right=True))
+    x, y = fpr[:inside], pro[:inside]
+    if inside < len(fpr) and x[-1] < fpr_limit:  # interpolate where the curve crosses
+        x0, x1, y0, y1 = fpr[inside - 1], fpr[inside], pro[inside - 1], pro[inside]
+        y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+        x = torch.cat([x, torch.tensor([fpr_limit], dtype=torch.float64)])
+        y = torch.cat([y, y_limit.reshape(1)])
+    return float(torch.trapezoid(y, x) / fpr_limit)

@@ -1,22 +1,31 @@
-"""The run's ``results.json`` and its console summary.
+"""The run's ``results.json``, ``scores.csv`` and the console summary.
 
-Schema (version 1)::
+``results.json`` schema (version 2)::
 
-    schema_version: 1
+    schema_version: 2
     primary_score:  name of the headline score (e.g. "l2_mean")
-    threshold_rule: how thresholds were fitted ({method, quantile | k}) on normal val images
-    scores:         {score name: {image_auroc, image_pr_auc, mean_score_normal,
-                     mean_score_anomalous, tpr_at_fpr: {fpr target: best TPR},
-                     threshold, n_normal, n_anomalous,
-                     confusion: {tp, fn, tn, fp, precision, recall, f1, fpr}}}
+    primary_map:    key of the primary score's anomaly map (e.g. "ssim_s4")
+    threshold_rule: how thresholds were fitted ({method, quantile, k}) on normal val images
+    scores:         {score name: {
+                       image_auroc, image_pr_auc, mean_score_normal, mean_score_anomalous,
+                       tpr_at_fpr: {fpr target: best TPR}, per_defect_auroc: {type: AUROC},
+                       threshold (fitted on normal validation images), n_normal, n_anomalous,
+                       confusion: {tp, fn, tn, fp, precision, recall, f1, fpr} at threshold,
+                       oracle: {f1_max, threshold, note}  # chosen on test labels: not a result
+                     }}
+    pixel:          {map key: {pixel_auroc, aupro}}   (null where masks hold one class)
+    aupro_fpr_limit: 0.3
     train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s}
     test_wall_time_s, config (the resolved Hydra config)
 
-NaN (undefined metrics) is written as null.
+NaN (undefined metrics) is written as null. ``scores.csv`` holds one row per test image:
+``path, label, defect_type, <one column per score>, anomalous`` (primary score above its
+threshold). Both are written atomically.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -24,9 +33,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from anomalib_lite.utils.io import write_json
+from anomalib_lite.utils.io import atomic_open, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def build_results(test_results: dict[str, Any], train_info: dict[str, Any],
@@ -38,6 +47,17 @@ def build_results(test_results: dict[str, Any], train_info: dict[str, Any],
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:
     """Write ``results.json`` atomically."""
     return write_json(path, results)
+
+
+def write_scores_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write one row per image atomically (columns from the first row)."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 def _fmt(value: Any) -> str:
@@ -61,9 +81,21 @@ def summary_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def pixel_table(results: dict[str, Any]) -> Table:
+    """Pixel AUROC and AUPRO per anomaly map."""
+    table = Table(title=f"Pixel metrics (primary map: {results.get('primary_map')})")
+    for column in ("map", "pixel AUROC", f"AUPRO (FPR <= {results.get('aupro_fpr_limit')})"):
+        table.add_column(column, justify="left" if column == "map" else "right")
+    for key, m in results.get("pixel", {}).items():
+        table.add_row(key, _fmt(m["pixel_auroc"]), _fmt(m["aupro"]))
+    return table
+
+
 def print_summary(results: dict[str, Any], path: str | Path | None = None) -> None:
     console = Console()
     console.width = max(console.width, 120)  # logs default to 80 columns: keep rows whole
     console.print(summary_table(results))
+    if results.get("pixel"):
+        console.print(pixel_table(results))
     if path is not None:
         console.print(f"results written to {path}")

@@ -14,7 +14,12 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from anomalib_lite.results import build_results, print_summary, write_results
+from anomalib_lite.results import (
+    build_results,
+    print_summary,
+    write_results,
+    write_scores_csv,
+)
 from anomalib_lite.utils.checks import ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -79,6 +84,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     results = build_results(model.test_results, train_info, test_time,
                             OmegaConf.to_container(cfg, resolve=True))
     if trainer.is_global_zero:
+        write_scores_csv(output_dir / "scores.csv", model.test_rows)
         path = write_results(output_dir / "results.json", results)
         print_summary(results, path)
     return fit_metrics, results

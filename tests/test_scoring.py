@@ -136,3 +136,16 @@ def test_non_finite_scores_warn_and_give_nan():
         m = image_metrics(torch.tensor([0.1, float("nan"), 0.3, 0.4]),
                           torch.tensor([0, 0, 1, 1]), threshold=0.2)
     assert math.isnan(m["image_auroc"])
+
+
+def test_normalization_puts_the_threshold_at_one_half():
+    from anomalib_lite.models import AnomalyModule
+
+    model = AnomalyModule(net={"_target_": "anomalib_lite.models.components.SpriteAE"},
+                          loss={"_target_": "anomalib_lite.losses.ReconstructionLoss", "mse": 1},
+                          optimizer={"_target_": "torch.optim.Adam"})
+    name = model.scorer.names[0]
+    model.thresholds[0], model.score_min[0], model.score_max[0] = 0.3, 0.1, 0.5
+    values = torch.tensor([0.3, 0.4, 0.1, 10.0, -5.0])
+    normalized = model.normalize({name: values})[name]
+    assert normalized.tolist() == pytest.approx([0.5, 0.75, 0.0, 1.0, 0.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import TINY_SPRITES, make_folder_dataset
 from lightning.pytorch import Trainer
+from sklearn.metrics import roc_auc_score
 
 from anomalib_lite.models import AnomalyModule
 from anomalib_lite.train import train
@@ -21,7 +23,8 @@ from anomalib_lite.utils.checks import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RESULT_KEYS = {"image_auroc", "image_pr_auc", "mean_score_normal", "mean_score_anomalous",
-               "tpr_at_fpr", "threshold", "confusion", "n_normal", "n_anomalous"}
+               "tpr_at_fpr", "per_defect_auroc", "oracle", "threshold", "confusion",
+               "n_normal", "n_anomalous"}
 
 
 def test_short_run_writes_complete_results(fast_cfg, tmp_path):
@@ -30,7 +33,7 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
     assert "val/loss_best" in fit_metrics and fit_metrics["val/loss_best"] > 0
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk["schema_version"] == 1 and on_disk["primary_score"] == cfg.score.primary
+    assert on_disk["schema_version"] == 2 and on_disk["primary_score"] == cfg.score.primary
     assert set(on_disk["scores"]) == set(cfg.score.scores) == {"l2_mean", "l1_mean",
                                                                "ssim_s4_top5"}
     for metrics in on_disk["scores"].values():
@@ -41,6 +44,21 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
         assert c["tp"] + c["fn"] == 20 and c["tn"] + c["fp"] == 20
         assert metrics["threshold"] > 0
     assert on_disk["config"]["data"]["image_size"] == 32
+    assert set(on_disk["pixel"]) == {"l2", "l1", "ssim_s4"}
+    for pixel in on_disk["pixel"].values():
+        assert 0.0 <= pixel["pixel_auroc"] <= 1.0 and 0.0 <= pixel["aupro"] <= 1.0
+    assert set(on_disk["scores"]["l2_mean"]["per_defect_auroc"]) == {"ellipse"}
+    # per-image scores: one row per test image, consistent with the summary metrics
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 40 and set(rows[0]) == {"path", "label", "defect_type", "l2_mean",
+                                                "l1_mean", "ssim_s4_top5", "anomalous"}
+    labels = [int(r["label"]) for r in rows]
+    primary = [float(r[cfg.score.primary]) for r in rows]
+    assert roc_auc_score(labels, primary) == pytest.approx(
+        on_disk["scores"][cfg.score.primary]["image_auroc"], abs=1e-6)
+    c = on_disk["scores"][cfg.score.primary]["confusion"]
+    assert sum(int(r["anomalous"]) for r in rows) == c["tp"] + c["fp"]
     assert on_disk["train"]["global_step"] == 3  # limit_train_batches=3, one epoch
 
     model = AnomalyModule.load_from_checkpoint(on_disk["train"]["best_checkpoint"],

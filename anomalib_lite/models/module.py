@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 
 from anomalib_lite.data.batch import Batch
-from anomalib_lite.metrics import image_metrics
+from anomalib_lite.evaluation import batch_record, evaluate, gather_records, score_rows
 from anomalib_lite.scoring import Scorer, fit_threshold
 from anomalib_lite.utils.instantiate import build, to_plain
 
@@ -60,13 +60,16 @@ class AnomalyModule(LightningModule):
         self.loss_fn: nn.Module = build(self.hparams.loss, "loss")
         build(self.hparams.optimizer, "model.optimizer", _partial_=True)  # fail early on typos
         self.scorer = Scorer(**scoring)
-        self.register_buffer("thresholds", torch.full((len(self.scorer.names),), float("nan")))
+        n_scores = len(self.scorer.names)
+        # fitted on normal validation scores; they travel inside the checkpoint
+        self.register_buffer("thresholds", torch.full((n_scores,), float("nan")))
+        self.register_buffer("score_min", torch.full((n_scores,), float("nan")))
+        self.register_buffer("score_max", torch.full((n_scores,), float("nan")))
         self.val_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
-        self.test_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
-        self.test_labels = _cat()
         # a buffer, so the best validation loss survives checkpoint and resume
         self.register_buffer("val_loss_best", torch.tensor(float("inf")))
         self.test_results: dict[str, Any] | None = None
+        self.test_rows: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- inference path
     def forward(self, images: Tensor) -> Tensor:
@@ -96,6 +99,16 @@ class AnomalyModule(LightningModule):
     def threshold_of(self, score: str) -> float:
         return float(self.thresholds[self.scorer.names.index(score)])
 
+    def normalize(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Scores → [0, 1] with the threshold at 0.5, scaled by the spread of the normal
+        validation scores (anomalib's min-max normalization)."""
+        normalized = {}
+        for name, values in scores.items():
+            i = self.scorer.names.index(name)
+            span = (self.score_max[i] - self.score_min[i]).clamp_min(1e-12)
+            normalized[name] = ((values - self.thresholds[i]) / span + 0.5).clamp(0.0, 1.0)
+        return normalized
+
     # ----------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images = batch["image"]
@@ -119,6 +132,8 @@ class AnomalyModule(LightningModule):
         for i, name in enumerate(self.scorer.names):
             normal_scores = _gathered(self.val_scores[name])
             self.thresholds[i] = fit_threshold(normal_scores, **self.scorer.threshold)
+            if normal_scores.numel():
+                self.score_min[i], self.score_max[i] = normal_scores.min(), normal_scores.max()
             self.val_scores[name].reset()
         if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
             loss = self.trainer.callback_metrics["val/loss"].to(self.val_loss_best)
@@ -126,35 +141,35 @@ class AnomalyModule(LightningModule):
             self.log("val/loss_best", self.val_loss_best)
 
     # ----------------------------------------------------------------- evaluation
+    def on_test_epoch_start(self) -> None:
+        self._test_batches: list[dict[str, Any]] = []
+
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         out = self.predict_batch(batch["image"])
-        for name, scores in out["scores"].items():
-            self.test_scores[name].update(scores.float())
-        self.test_labels.update(batch["label"].float())
+        self._test_batches.append(batch_record(batch, out["scores"], out["maps"]))
 
     def on_test_epoch_end(self) -> None:
-        labels = _gathered(self.test_labels).long()
-        per_score = {}
-        for name in self.scorer.names:
-            per_score[name] = image_metrics(_gathered(self.test_scores[name]), labels,
-                                            self.threshold_of(name))
-            self.test_scores[name].reset()
+        records = gather_records(self._test_batches)
+        self._test_batches = []
+        thresholds = {name: self.threshold_of(name) for name in self.scorer.names}
+        self.test_results = evaluate(records, self.scorer, thresholds)
+        self.test_rows = score_rows(records, self.scorer, thresholds)
+        for name, metrics in self.test_results["scores"].items():
             for key in ("image_auroc", "image_pr_auc"):
-                self.log(f"test/{name}/{key}", per_score[name][key])
-        self.test_labels.reset()
-        primary = per_score[self.scorer.primary]
+                self.log(f"test/{name}/{key}", metrics[key])
+        primary = self.test_results["scores"][self.scorer.primary]
         self.log("test/image_auroc", primary["image_auroc"])
         self.log("test/image_pr_auc", primary["image_pr_auc"])
-        self.test_results = {"primary_score": self.scorer.primary,
-                             "threshold_rule": self.scorer.threshold,
-                             "scores": per_score}
+        for key, value in self.test_results["pixel"][self.scorer.primary_map].items():
+            self.log(f"test/{key}", value)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Scores, decisions at the stored thresholds and the primary map, per image."""
         out = self.predict_batch(batch["image"])
         decisions = {name: scores > self.threshold_of(name)
                      for name, scores in out["scores"].items()}
-        return {"path": batch["path"], "scores": out["scores"], "anomalous": decisions,
+        return {"path": batch["path"], "scores": out["scores"],
+                "normalized_scores": self.normalize(out["scores"]), "anomalous": decisions,
                 "anomaly_map": out["maps"][self.scorer.primary_map]}
 
     # ----------------------------------------------------------------- optimisation

@@ -70,8 +70,7 @@ def evaluate(records: dict[str, Any], scorer: Scorer,
     """Image metrics per score, pixel metrics per anomaly map."""
     labels, defects = records["label"], records["defect_type"]
     per_score = {}
-    for name in scorer.names:
-        scores = records["scores"][name]
+    for name, scores in records["scores"].items():
         metrics = image_metrics(scores, labels, thresholds[name])
         f1, oracle = f1_max(scores, labels)
         metrics["per_defect_auroc"] = per_defect_auroc(scores, labels, defects)
@@ -95,7 +94,7 @@ def score_rows(records: dict[str, Any], scorer: Scorer,
     for i, path in enumerate(records["path"]):
         row = {"path": path, "label": int(records["label"][i]),
                "defect_type": records["defect_type"][i]}
-        row.update({name: float(records["scores"][name][i]) for name in scorer.names})
+        row.update({name: float(values[i]) for name, values in records["scores"].items()})
         row["anomalous"] = int(decisions[i])
         rows.append(row)
     return rows

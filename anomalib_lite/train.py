@@ -83,6 +83,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
                   "best_checkpoint": best or None, "wall_time_s": fit_time}
     results = build_results(model.test_results, train_info, test_time,
                             OmegaConf.to_container(cfg, resolve=True))
+    # the deployable model: best weights, thresholds, normalization and fitted KDE
+    trainer.save_checkpoint(output_dir / "model.ckpt", weights_only=True)
     if trainer.is_global_zero:
         write_scores_csv(output_dir / "scores.csv", model.test_rows)
         path = write_results(output_dir / "results.json", results)

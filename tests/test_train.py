@@ -34,8 +34,9 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["schema_version"] == 2 and on_disk["primary_score"] == cfg.score.primary
-    assert set(on_disk["scores"]) == set(cfg.score.scores) == {"l2_mean", "l1_mean",
-                                                               "ssim_s4_top5"}
+    assert set(cfg.score.scores) == {"l2_mean", "l1_mean", "ssim_s4_top5"}
+    assert set(on_disk["scores"]) == {*cfg.score.scores, "latent_kde",
+                                      f"{cfg.score.primary}+latent_kde"}
     for metrics in on_disk["scores"].values():
         assert set(metrics) == RESULT_KEYS
         assert 0.0 <= metrics["image_auroc"] <= 1.0
@@ -45,14 +46,16 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
         assert metrics["threshold"] > 0
     assert on_disk["config"]["data"]["image_size"] == 32
     assert set(on_disk["pixel"]) == {"l2", "l1", "ssim_s4"}
+    kde_scores = {"latent_kde", f"{cfg.score.primary}+latent_kde"}
+    assert kde_scores <= set(on_disk["scores"])
     for pixel in on_disk["pixel"].values():
         assert 0.0 <= pixel["pixel_auroc"] <= 1.0 and 0.0 <= pixel["aupro"] <= 1.0
     assert set(on_disk["scores"]["l2_mean"]["per_defect_auroc"]) == {"ellipse"}
     # per-image scores: one row per test image, consistent with the summary metrics
     with open(tmp_path / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 40 and set(rows[0]) == {"path", "label", "defect_type", "l2_mean",
-                                                "l1_mean", "ssim_s4_top5", "anomalous"}
+    assert len(rows) == 40
+    assert set(rows[0]) == {"path", "label", "defect_type", *on_disk["scores"], "anomalous"}
     labels = [int(r["label"]) for r in rows]
     primary = [float(r[cfg.score.primary]) for r in rows]
     assert roc_auc_score(labels, primary) == pytest.approx(
@@ -207,3 +210,22 @@ def test_resume_into_a_new_directory_keeps_the_best_validation_loss(fast_cfg, tm
                        output_dir=tmp_path / "second")
     fit_resumed, _ = train(resumed)
     assert fit_resumed["val/loss_best"] <= fit_first["val/loss_best"] + 1e-9
+
+
+def test_saved_model_carries_the_fitted_kde_and_thresholds(fast_cfg, tmp_path):
+    cfg = fast_cfg()
+    _, results = train(cfg)
+    model = AnomalyModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
+    assert model.kde is not None and model.kde.fitted
+    for name, metrics in results["scores"].items():
+        assert model.threshold_of(name) == pytest.approx(metrics["threshold"], rel=1e-6), name
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("test")
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    images = datamodule.datasets["test"].images[:5].float() / 255
+    with torch.no_grad():
+        scores = model.eval().predict_batch(images)["scores"]
+    for name, values in scores.items():  # the saved model reproduces the test scores
+        expected = [float(r[name]) for r in rows[:5]]
+        assert values.tolist() == pytest.approx(expected, rel=1e-4, abs=1e-6), name

@@ -31,6 +31,10 @@ class InMemoryDataModule(LightningDataModule):
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
+    def eval_loader(self, split: str) -> DataLoader:
+        """An unshuffled loader over any split (e.g. to fit a density on ``train``)."""
+        return self._loader(split, False, self.eval_batch_size)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)
 

@@ -19,8 +19,10 @@ from torchmetrics import CatMetric
 from anomalib_lite.data.batch import Batch
 from anomalib_lite.evaluation import batch_record, evaluate, gather_records, score_rows
 from anomalib_lite.scoring import Scorer, fit_threshold
+from anomalib_lite.scoring.kde import LatentKDE
 from anomalib_lite.utils.instantiate import build, to_plain
 
+KDE_SCORE = "latent_kde"
 DEFAULT_SCORING: dict[str, Any] = {
     "scores": {"l2_mean": {"map": "l2", "reduce": "mean"},
                "l1_mean": {"map": "l1", "reduce": "mean"}},
@@ -59,8 +61,17 @@ class AnomalyModule(LightningModule):
         self.net: nn.Module = build(self.hparams.net, "model.net")
         self.loss_fn: nn.Module = build(self.hparams.loss, "loss")
         build(self.hparams.optimizer, "model.optimizer", _partial_=True)  # fail early on typos
-        self.scorer = Scorer(**scoring)
-        n_scores = len(self.scorer.names)
+        kde_cfg = dict(scoring.get("kde") or {})
+        self.scorer = Scorer(**{k: v for k, v in scoring.items() if k != "kde"})
+        self.kde = LatentKDE(**{k: v for k, v in kde_cfg.items() if k != "enabled"}) \
+            if kde_cfg.get("enabled") else None
+        self.score_names = list(self.scorer.names)
+        if self.kde is not None:
+            self.score_names += [KDE_SCORE, self.combined_score]
+            # mean and std of the primary and the KDE scores on normal validation images
+            self.register_buffer("kde_stats", torch.full((4,), float("nan"),
+                                                         dtype=torch.float64))
+        n_scores = len(self.score_names)
         # fitted on normal validation scores; they travel inside the checkpoint
         self.register_buffer("thresholds", torch.full((n_scores,), float("nan")))
         self.register_buffer("score_min", torch.full((n_scores,), float("nan")))
@@ -90,21 +101,69 @@ class AnomalyModule(LightningModule):
             images = images.float()
             reconstruction = self.reconstruct(images)
             maps, scores = self.scorer(images, reconstruction)
+            if self.kde is not None and self.kde.fitted:
+                scores.update(self._kde_scores(self.net.encode(images),
+                                               scores[self.scorer.primary]))
         return {"reconstruction": reconstruction, "maps": maps, "scores": scores}
+
+    def _kde_scores(self, latent: Tensor, primary: Tensor) -> dict[str, Tensor]:
+        """-log density of the latent, and its z-score sum with the primary score."""
+        assert self.kde is not None
+        kde = self.kde(latent).to(primary.device)
+        mu_p, sd_p, mu_k, sd_k = self.kde_stats.to(primary.device).float()
+        combined = (primary - mu_p) / sd_p.clamp_min(1e-12) + (kde - mu_k) / sd_k.clamp_min(1e-12)
+        return {KDE_SCORE: kde, self.combined_score: combined}
+
+    @torch.no_grad()
+    def fit_latent_kde(self) -> None:
+        """Fit the latent KDE on the normal training images, then its threshold and the
+        combined score's statistics on the normal validation images."""
+        assert self.kde is not None
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "eval_loader"):
+            raise RuntimeError("latent KDE needs the run's datamodule (train and val splits)")
+        if not {"train", "val"} <= set(datamodule.datasets):
+            datamodule.setup("fit")
+        was_training = self.training
+        self.eval()
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            latents = [self.net.encode(b["image"].to(self.device).float())
+                       for b in datamodule.eval_loader("train")]
+            self.kde.fit(torch.cat(latents))
+            primary, density = [], []
+            for batch in datamodule.eval_loader("val"):
+                normal = batch["label"] == 0
+                images = batch["image"][normal].to(self.device).float()
+                if len(images):
+                    _, scores = self.scorer(images, self.reconstruct(images))
+                    primary.append(scores[self.scorer.primary].double())
+                    density.append(self.kde(self.net.encode(images)).double().to(self.device))
+        self.train(was_training)
+        p, k = torch.cat(primary), torch.cat(density)
+        self.kde_stats = torch.stack([p.mean(), p.std(), k.mean(), k.std()]).to(self.kde_stats)
+        z = (p - p.mean()) / p.std().clamp_min(1e-12) + (k - k.mean()) / k.std().clamp_min(1e-12)
+        for name, values in ((KDE_SCORE, k), (self.combined_score, z)):
+            i = self.score_names.index(name)
+            self.thresholds[i] = fit_threshold(values, **self.scorer.threshold)
+            self.score_min[i], self.score_max[i] = values.min(), values.max()
 
     def reconstruction_loss(self, reconstruction: Tensor, images: Tensor) -> Tensor:
         with torch.autocast(device_type=images.device.type, enabled=False):
             return self.loss_fn(reconstruction.float(), images.float())
 
+    @property
+    def combined_score(self) -> str:
+        return f"{self.scorer.primary}+{KDE_SCORE}"
+
     def threshold_of(self, score: str) -> float:
-        return float(self.thresholds[self.scorer.names.index(score)])
+        return float(self.thresholds[self.score_names.index(score)])
 
     def normalize(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
         """Scores → [0, 1] with the threshold at 0.5, scaled by the spread of the normal
         validation scores (anomalib's min-max normalization)."""
         normalized = {}
         for name, values in scores.items():
-            i = self.scorer.names.index(name)
+            i = self.score_names.index(name)
             span = (self.score_max[i] - self.score_min[i]).clamp_min(1e-12)
             normalized[name] = ((values - self.thresholds[i]) / span + 0.5).clamp(0.0, 1.0)
         return normalized
@@ -141,6 +200,10 @@ class AnomalyModule(LightningModule):
             self.log("val/loss_best", self.val_loss_best)
 
     # ----------------------------------------------------------------- evaluation
+    def on_test_start(self) -> None:
+        if self.kde is not None and not self.kde.fitted:
+            self.fit_latent_kde()
+
     def on_test_epoch_start(self) -> None:
         self._test_batches: list[dict[str, Any]] = []
 
@@ -151,7 +214,7 @@ class AnomalyModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         records = gather_records(self._test_batches)
         self._test_batches = []
-        thresholds = {name: self.threshold_of(name) for name in self.scorer.names}
+        thresholds = {name: self.threshold_of(name) for name in self.score_names}
         self.test_results = evaluate(records, self.scorer, thresholds)
         self.test_rows = score_rows(records, self.scorer, thresholds)
         for name, metrics in self.test_results["scores"].items():

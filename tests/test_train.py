@@ -170,7 +170,7 @@ def test_mvtec_layout_trains_and_reports_seed000_scores(fast_cfg, mvtec_root, tm
     _, results = train(cfg)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["primary_score"] == "l1_mean" == results["primary_score"]
-    assert set(on_disk["scores"]) == {"l1_mean", "l1_top1"}
+    assert set(on_disk["scores"]) == {"l1_mean", "l1_top1", "latent_kde", "l1_mean+latent_kde"}
     for metrics in on_disk["scores"].values():
         assert (metrics["n_normal"], metrics["n_anomalous"]) == (2, 2)
         assert 0.0 <= metrics["image_auroc"] <= 1.0

@@ -149,3 +149,16 @@ def test_normalization_puts_the_threshold_at_one_half():
     values = torch.tensor([0.3, 0.4, 0.1, 10.0, -5.0])
     normalized = model.normalize({name: values})[name]
     assert normalized.tolist() == pytest.approx([0.5, 0.75, 0.0, 1.0, 0.0])
+
+
+def test_weighted_map_combination():
+    scorer = Scorer({"mix": {"map": {"l1": 0.25, "l2": 2.0}, "reduce": "mean", "sigma": 1},
+                     "l1": {"map": "l1", "reduce": "mean"}}, primary="mix")
+    x, r = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    maps, scores = scorer(x, r)
+    expected = smooth_map(0.25 * anomaly_map(x, r, "l1") + 2.0 * anomaly_map(x, r, "l2"), 1)
+    assert scorer.primary_map == "0.25*l1+2*l2_s1"
+    assert torch.allclose(maps["0.25*l1+2*l2_s1"], expected)
+    assert torch.allclose(scores["mix"], expected.mean(dim=(1, 2, 3)))
+    with pytest.raises(ConfigError, match=r"score\.scores\.bad\.map"):
+        Scorer({"bad": {"map": {"l1": -1.0}, "reduce": "mean"}}, primary="bad")

@@ -15,16 +15,26 @@ from anomalib_lite.utils import checks
 
 @dataclass(frozen=True)
 class ScoreSpec:
-    """``map`` smoothed by a Gaussian of ``sigma`` pixels (0: none), reduced by ``reduce``."""
+    """``map`` smoothed by a Gaussian of ``sigma`` pixels (0: none), reduced by ``reduce``.
 
-    map: str
+    ``map`` is one kind (``"l1"``) or a weighted sum of kinds (``{"l1": 0.5, "ssim": 0.5}``,
+    stored as ``(("l1", 0.5), ("ssim", 0.5))``).
+    """
+
+    map: str | tuple[tuple[str, float], ...]
     reduce: str
     k: float = 0.01
     sigma: float = 0.0
 
     @property
+    def weights(self) -> dict[str, float]:
+        return {self.map: 1.0} if isinstance(self.map, str) else dict(self.map)
+
+    @property
     def map_key(self) -> str:
-        return self.map if not self.sigma else f"{self.map}_s{self.sigma:g}"
+        name = self.map if isinstance(self.map, str) else "+".join(
+            f"{w:g}*{kind}" for kind, w in self.map)
+        return name if not self.sigma else f"{name}_s{self.sigma:g}"
 
 
 class Scorer:
@@ -40,7 +50,15 @@ class Scorer:
         self.specs: dict[str, ScoreSpec] = {}
         for name, spec in scores.items():
             spec = dict(spec)
-            checks.one_of(f"score.scores.{name}.map", spec.get("map"), MAP_KINDS)
+            if isinstance(spec.get("map"), Mapping):
+                weights = dict(spec["map"])
+                checks.require(len(weights) > 0 and all(
+                    kind in MAP_KINDS and isinstance(w, (int, float)) and w > 0
+                    for kind, w in weights.items()), f"score.scores.{name}.map", weights,
+                    f"a kind among {list(MAP_KINDS)} or a dict of positive weights per kind")
+                spec["map"] = tuple((kind, float(w)) for kind, w in weights.items())
+            else:
+                checks.one_of(f"score.scores.{name}.map", spec.get("map"), MAP_KINDS)
             checks.one_of(f"score.scores.{name}.reduce", spec.get("reduce"), REDUCTIONS)
             unknown = set(spec) - set(ScoreSpec.__dataclass_fields__)
             checks.require(not unknown, f"score.scores.{name}", sorted(unknown),
@@ -75,10 +93,14 @@ class Scorer:
     def __call__(self, image: Tensor, reconstruction: Tensor) -> tuple[dict[str, Tensor],
                                                                        dict[str, Tensor]]:
         """Return ``(maps by map key, scores by name)`` for a batch; each map is made once."""
+        kinds = {kind for spec in self.specs.values() for kind in spec.weights}
         raw = {kind: anomaly_map(image, reconstruction, kind, self.ssim_window)
-               for kind in {spec.map for spec in self.specs.values()}}
-        maps = {spec.map_key: smooth_map(raw[spec.map], spec.sigma)
-                for spec in self.specs.values()}
+               for kind in kinds}
+        maps = {}
+        for spec in self.specs.values():
+            if spec.map_key not in maps:
+                combined = sum(w * raw[kind] for kind, w in spec.weights.items())
+                maps[spec.map_key] = smooth_map(combined, spec.sigma)
         scores = {name: reduce_map(maps[s.map_key], s.reduce, s.k)
                   for name, s in self.specs.items()}
         return maps, scores

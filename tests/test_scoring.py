@@ -103,8 +103,10 @@ def test_smoothing_spreads_an_impulse_and_keeps_constants():
     smoothed = smooth_map(impulse, sigma=2.0)
     assert smoothed.sum().item() == pytest.approx(1.0, rel=1e-4)
     assert smoothed.max() < 0.1 and smoothed[0, 0, 10, 10] == smoothed.max()
-    flat = torch.full((1, 1, 9, 9), 0.3)
-    assert torch.allclose(smooth_map(flat, 1.5), flat)
+    flat = smooth_map(torch.full((1, 1, 21, 21), 0.3), 1.5)
+    assert torch.allclose(flat[..., 5:-5, 5:-5], torch.tensor(0.3))  # interior unchanged
+    assert flat[0, 0, 0, 0] < 0.3 / 2  # zero padding damps the corners
+    assert smooth_map(torch.rand(1, 1, 8, 8), 8.0).shape == (1, 1, 8, 8)  # any sigma
     assert smooth_map(impulse, 0.0) is impulse
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from anomalib_lite.results import (
@@ -59,6 +60,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
                                                   logger=loggers or False)
+    for logger in loggers:  # the whole resolved run config, beside the model's hparams
+        logger.log_hyperparams({"run": OmegaConf.to_container(cfg, resolve=True)})
 
     start = time.perf_counter()
     if cfg.get("train", True):
@@ -89,7 +92,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
         write_scores_csv(output_dir / "scores.csv", model.test_rows)
         path = write_results(output_dir / "results.json", results)
         print_summary(results, path)
+    finish_loggers(loggers, results)
     return fit_metrics, results
+
+
+def finish_loggers(loggers: list[Any], results: dict[str, Any]) -> None:
+    """Put the headline results in W&B's run summary and close the run (flushes offline)."""
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    for logger in wandb_loggers:
+        primary = results["scores"][results["primary_score"]]
+        logger.experiment.summary.update({
+            "primary_score": results["primary_score"],
+            "image_auroc": primary["image_auroc"],
+            **{f"pixel/{k}": v for k, v in results["pixel"].get(results["primary_map"],
+                                                                 {}).items()},
+        })
+    if wandb_loggers:
+        import wandb
+
+        wandb.finish()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

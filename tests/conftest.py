@@ -40,7 +40,8 @@ def fast_cfg(compose_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig
     def _fast(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         other_data = any(o.startswith("data=") for o in overrides)
         sizes = () if other_data else TINY_SPRITES
-        return compose_cfg("debug=fast", *sizes, *overrides, output_dir=output_dir)
+        quiet = () if any(o.startswith("logger=") for o in overrides) else ("logger=none",)
+        return compose_cfg("debug=fast", *sizes, *quiet, *overrides, output_dir=output_dir)
 
     return _fast
 
@@ -91,3 +92,43 @@ def make_folder_dataset(root: Path, n_normal: int = 10, n_anomalous: int = 3) ->
         mask_file.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(box_mask(i)).save(mask_file)
     return {"normal": root / "good", "scratch": root / "scratch", "masks": root / "masks"}
+
+
+# ---------------------------------------------------------------- W&B offline run reader
+def read_wandb_records(wandb_dir: Path) -> list:
+    """Every protobuf record of the one offline run under ``wandb_dir``.
+
+    The ``.wandb`` file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version),
+    then 32 KiB blocks of records, each with a 7-byte header (crc32, length, type) and
+    FULL/FIRST/MIDDLE/LAST fragments.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = wandb_dir.glob("offline-run-*/run-*.wandb")
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, chunks, partial = 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            partial = chunk
+        elif kind == 3:
+            partial += chunk
+        elif kind == 4:
+            chunks.append(partial + chunk)
+    records = []
+    for raw in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        records.append(record)
+    return records

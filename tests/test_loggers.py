@@ -50,6 +50,13 @@ def test_wandb_offline_run_holds_config_and_metrics(fast_cfg, tmp_path, monkeypa
     assert summary["image_auroc"] == pytest.approx(primary["image_auroc"])
     assert summary["primary_score"] == results["primary_score"]
 
+    # the run's pictures went to W&B as images, with the files in the offline run
+    images = [items(r, "history") for r in records if r.WhichOneof("record_type") == "history"
+              and "test/figures/_type" in items(r, "history")]
+    assert len(images) == 1 and images[0]["test/figures/count"] == 5
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 5
+
 
 def test_csv_logger_writes_train_val_and_test_metrics(fast_cfg, tmp_path):
     _, results = train(fast_cfg("logger=csv"))

@@ -81,6 +81,7 @@ class AnomalyModule(LightningModule):
         self.register_buffer("val_loss_best", torch.tensor(float("inf")))
         self.test_results: dict[str, Any] | None = None
         self.test_rows: list[dict[str, Any]] = []
+        self.history: list[dict[str, float]] = []  # per epoch: losses and learning rate
 
     # ----------------------------------------------------------------- inference path
     def forward(self, images: Tensor) -> Tensor:
@@ -175,6 +176,15 @@ class AnomalyModule(LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        entry = {"epoch": float(self.current_epoch),
+                 "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"])}
+        for key, name in (("train/loss_epoch", "train/loss"), ("val/loss", "val/loss")):
+            if key in metrics:
+                entry[name] = float(metrics[key])
+        self.history.append(entry)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images = batch["image"]

@@ -1,0 +1,11 @@
+"""Figures of a test run: gallery, score histograms, ROC/PR curves, training curves."""
+
+from anomalib_lite.viz.figures import (
+    gallery,
+    roc_pr_curves,
+    save_figure,
+    score_histogram,
+    training_curves,
+)
+
+__all__ = ["gallery", "roc_pr_curves", "save_figure", "score_histogram", "training_curves"]

@@ -65,8 +65,8 @@ def gather_records(batches: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def evaluate(records: dict[str, Any], scorer: Scorer,
-             thresholds: dict[str, float]) -> dict[str, Any]:
+def evaluate(records: dict[str, Any], scorer: Scorer, thresholds: dict[str, float],
+             pixel_threshold: float = float("nan")) -> dict[str, Any]:
     """Image metrics per score, pixel metrics per anomaly map."""
     labels, defects = records["label"], records["defect_type"]
     per_score = {}
@@ -82,6 +82,7 @@ def evaluate(records: dict[str, Any], scorer: Scorer,
              for key, amap in records["maps"].items()}
     return {"primary_score": scorer.primary, "primary_map": scorer.primary_map,
             "threshold_rule": scorer.threshold, "scores": per_score, "pixel": pixel,
+            "pixel_threshold": pixel_threshold,
             "aupro_fpr_limit": AUPRO_FPR_LIMIT}
 
 

@@ -14,6 +14,7 @@
                        oracle: {f1_max, threshold, note}  # chosen on test labels: not a result
                      }}
     pixel:          {map key: {pixel_auroc, aupro}}   (null where masks hold one class)
+    pixel_threshold: primary-map threshold for predicted masks (normal validation pixels)
     aupro_fpr_limit: 0.3
     train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s}
     test_wall_time_s, config (the resolved Hydra config)

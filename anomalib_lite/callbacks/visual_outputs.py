@@ -2,7 +2,8 @@
 
 ``gallery.png``: input | reconstruction | anomaly map | overlay | ground truth | predicted
 mask, worst false positives and false negatives first (then the highest-scored true
-positives). The predicted mask is the primary map above the primary score's threshold.
+positives). The predicted mask is the primary map above the pixel threshold (fitted on
+the pixels of normal validation images).
 ``histogram.png``: primary scores of normal vs anomalous images with the threshold.
 ``roc_pr.png``: ROC and precision-recall curves of every score.
 ``kde_density.png``: the latent KDE score of normal vs anomalous images (when enabled).
@@ -90,12 +91,13 @@ class VisualOutputs(Callback):
             out = pl_module.predict_batch(images)
         pl_module.train(was_training)
         amap = out["maps"][pl_module.scorer.primary_map][:, 0].cpu()
+        pixel_threshold = float(pl_module.pixel_threshold)
         entries = []
         for i, (row, sample) in enumerate(zip(chosen, samples, strict=True)):
             kind = ("FP" if not row["label"] else "TP") if row[primary] > threshold else (
                 "FN" if row["label"] else "TN")
             entries.append({"image": sample["image"], "reconstruction": out["reconstruction"][i],
                             "map": amap[i], "mask": sample["mask"][0],
-                            "predicted_mask": (amap[i] > threshold).float(),
+                            "predicted_mask": (amap[i] > pixel_threshold).float(),
                             "title": f"{kind} {row['defect_type']}\n{primary}={row[primary]:.3g}"})
         return gallery(entries, pl_module.scorer.primary_map)

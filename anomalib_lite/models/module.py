@@ -23,6 +23,7 @@ from anomalib_lite.scoring.kde import LatentKDE
 from anomalib_lite.utils.instantiate import build, to_plain
 
 KDE_SCORE = "latent_kde"
+PIXELS_PER_IMAGE = 1024  # pixels per normal validation image kept to fit the pixel threshold
 DEFAULT_SCORING: dict[str, Any] = {
     "scores": {"l2_mean": {"map": "l2", "reduce": "mean"},
                "l1_mean": {"map": "l1", "reduce": "mean"}},
@@ -76,7 +77,10 @@ class AnomalyModule(LightningModule):
         self.register_buffer("thresholds", torch.full((n_scores,), float("nan")))
         self.register_buffer("score_min", torch.full((n_scores,), float("nan")))
         self.register_buffer("score_max", torch.full((n_scores,), float("nan")))
+        # the primary map's pixel threshold (predicted masks), fitted like the image ones
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
         self.val_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
+        self.val_pixels = _cat()
         # a buffer, so the best validation loss survives checkpoint and resume
         self.register_buffer("val_loss_best", torch.tensor(float("inf")))
         self.test_results: dict[str, Any] | None = None
@@ -195,6 +199,9 @@ class AnomalyModule(LightningModule):
         normal = batch["label"] == 0
         for name, scores in out["scores"].items():
             self.val_scores[name].update(scores[normal].float())
+        pixels = out["maps"][self.scorer.primary_map][normal].flatten(1)
+        stride = max(1, pixels.shape[1] // PIXELS_PER_IMAGE)
+        self.val_pixels.update(pixels[:, ::stride].reshape(-1).float())
 
     def on_validation_epoch_end(self) -> None:
         """Fit each score's threshold on the normal validation images."""
@@ -204,6 +211,10 @@ class AnomalyModule(LightningModule):
             if normal_scores.numel():
                 self.score_min[i], self.score_max[i] = normal_scores.min(), normal_scores.max()
             self.val_scores[name].reset()
+        self.pixel_threshold = torch.tensor(
+            fit_threshold(_gathered(self.val_pixels), **self.scorer.threshold),
+            device=self.pixel_threshold.device)
+        self.val_pixels.reset()
         if not self.trainer.sanity_checking and "val/loss" in self.trainer.callback_metrics:
             loss = self.trainer.callback_metrics["val/loss"].to(self.val_loss_best)
             self.val_loss_best = torch.minimum(self.val_loss_best, loss)
@@ -225,7 +236,8 @@ class AnomalyModule(LightningModule):
         records = gather_records(self._test_batches)
         self._test_batches = []
         thresholds = {name: self.threshold_of(name) for name in self.score_names}
-        self.test_results = evaluate(records, self.scorer, thresholds)
+        self.test_results = evaluate(records, self.scorer, thresholds,
+                                     float(self.pixel_threshold))
         self.test_rows = score_rows(records, self.scorer, thresholds)
         for name, metrics in self.test_results["scores"].items():
             for key in ("image_auroc", "image_pr_auc"):

@@ -58,7 +58,9 @@ def gallery(rows: Sequence[Mapping[str, object]], map_name: str) -> Figure:
                 ax.imshow(panel, cmap="inferno", vmin=0, vmax=vmax)
             elif c == 3:
                 ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
-                ax.imshow(row["map"].cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
+                heat = row["map"].cpu().numpy()
+                ax.imshow(heat, cmap="jet", vmin=0, vmax=vmax,
+                          alpha=np.clip(heat / vmax, 0.0, 1.0) * 0.8)  # opaque where high
             elif c >= 4:
                 ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
             else:

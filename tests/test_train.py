@@ -83,6 +83,11 @@ def test_best_checkpoint_holds_the_threshold_of_its_own_weights(fast_cfg):
     for name in model.scorer.names:
         expected = torch.quantile(scores[name].double(), 0.99).item()
         assert model.threshold_of(name) == pytest.approx(expected, rel=1e-5), name
+    with torch.no_grad():
+        pixels = model.predict_batch(images)["maps"][model.scorer.primary_map].flatten(1)
+    stride = max(1, pixels.shape[1] // 1024)
+    expected = torch.quantile(pixels[:, ::stride].reshape(-1).double(), 0.99).item()
+    assert float(model.pixel_threshold) == pytest.approx(expected, rel=1e-5)
 
 
 def test_threshold_is_the_quantile_of_normal_validation_scores(fast_cfg):

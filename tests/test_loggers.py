@@ -66,3 +66,30 @@ def test_csv_logger_writes_train_val_and_test_metrics(fast_cfg, tmp_path):
     assert {"train/loss_epoch", "val/loss", "val/loss_best", "test/image_auroc"} <= columns
     logged = [float(r["test/image_auroc"]) for r in rows if r["test/image_auroc"]]
     assert logged == [pytest.approx(results["scores"][results["primary_score"]]["image_auroc"])]
+
+
+def test_tensorboard_logger_writes_event_files(fast_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, results = train(fast_cfg("logger=tensorboard"))
+    scalars: dict[str, list[float]] = {}
+    for events in sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
+    assert {"val/loss", "test/image_auroc"} <= set(scalars)
+    logged = scalars["test/image_auroc"][-1]
+    assert logged == pytest.approx(results["scores"][results["primary_score"]]["image_auroc"])
+
+
+def test_rich_progress_bar_is_used_unless_bars_are_off(compose_cfg):
+    import hydra
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    cfg = compose_cfg()
+    names = [hydra.utils.get_class(c._target_) for c in cfg.callbacks.values()]
+    assert RichProgressBar in names
+    _, results = train(compose_cfg("debug=fast", "data.n_train=40", "data.n_val=20",
+                                   "data.n_test_normal=20", "data.n_test_anomalous=20"))
+    assert results is not None  # enable_progress_bar=false with the callback listed: no clash

@@ -62,11 +62,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
                                                   logger=loggers or False)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:  # the whole resolved run config, beside the model's hparams
-        logger.log_hyperparams({"run": OmegaConf.to_container(cfg, resolve=True)})
+        logger.log_hyperparams({"run": run_config})
 
+    training = cfg.get("train", True)
     start = time.perf_counter()
-    if cfg.get("train", True):
+    if training:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
                     weights_only=True)
     fit_time = time.perf_counter() - start
@@ -74,20 +76,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
     if not cfg.get("test", True):
         return fit_metrics, None
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if not cfg.get("train", True):
-        best = str(cfg.ckpt_path)  # already loaded by build_model
+    if training:  # test the best checkpoint (the final weights without checkpointing)
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        test_ckpt = best or None
+    else:  # build_model already loaded ckpt_path
+        best, test_ckpt = str(cfg.ckpt_path), None
     start = time.perf_counter()
-    trainer.test(model, datamodule=datamodule,
-                 ckpt_path=best if cfg.get("train", True) and best else None,
-                 weights_only=True)
+    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
     test_time = time.perf_counter() - start
     train_info = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
                   "val_loss_best": fit_metrics.get("val/loss_best"),
                   "best_checkpoint": best or None, "wall_time_s": fit_time}
-    results = build_results(model.test_results, train_info, test_time,
-                            OmegaConf.to_container(cfg, resolve=True))
+    results = build_results(model.test_results, train_info, test_time, run_config)
     # the deployable model: best weights, thresholds, normalization and fitted KDE
     trainer.save_checkpoint(output_dir / "model.ckpt", weights_only=True)
     if trainer.is_global_zero:

@@ -115,9 +115,12 @@ class AnomalyModule(LightningModule):
         """-log density of the latent, and its z-score sum with the primary score."""
         assert self.kde is not None
         kde = self.kde(latent).to(primary.device)
-        mu_p, sd_p, mu_k, sd_k = self.kde_stats.to(primary.device).float()
-        combined = (primary - mu_p) / sd_p.clamp_min(1e-12) + (kde - mu_k) / sd_k.clamp_min(1e-12)
-        return {KDE_SCORE: kde, self.combined_score: combined}
+        return {KDE_SCORE: kde, self.combined_score: self._combine(primary, kde)}
+
+    def _combine(self, primary: Tensor, kde: Tensor) -> Tensor:
+        """Sum of the primary and KDE scores, each z-normalized by ``kde_stats``."""
+        mu_p, sd_p, mu_k, sd_k = self.kde_stats.to(primary.device, primary.dtype)
+        return (primary - mu_p) / sd_p.clamp_min(1e-12) + (kde - mu_k) / sd_k.clamp_min(1e-12)
 
     @torch.no_grad()
     def fit_latent_kde(self) -> None:
@@ -146,8 +149,7 @@ class AnomalyModule(LightningModule):
         self.train(was_training)
         p, k = torch.cat(primary), torch.cat(density)
         self.kde_stats = torch.stack([p.mean(), p.std(), k.mean(), k.std()]).to(self.kde_stats)
-        z = (p - p.mean()) / p.std().clamp_min(1e-12) + (k - k.mean()) / k.std().clamp_min(1e-12)
-        for name, values in ((KDE_SCORE, k), (self.combined_score, z)):
+        for name, values in ((KDE_SCORE, k), (self.combined_score, self._combine(p, k))):
             i = self.score_names.index(name)
             self.thresholds[i] = fit_threshold(values, **self.scorer.threshold)
             self.score_min[i], self.score_max[i] = values.min(), values.max()

@@ -1,8 +1,11 @@
-"""Reconstruction losses: a weighted sum of L1, MSE and (1 - SSIM) (SSIM from kornia)."""
+"""Reconstruction losses: a weighted sum of L1, MSE and (1 - SSIM) (SSIM from kornia);
+the focal (+ Dice) loss of a segmentation head against synthetic anomaly masks."""
 
 from __future__ import annotations
 
 import kornia
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomalib_lite.utils import checks
@@ -38,3 +41,26 @@ class ReconstructionLoss(nn.Module):
             total = total + self.weights["ssim"] * ssim_loss(
                 reconstruction.float(), target.float(), self.ssim_window)
         return total
+
+
+class FocalLoss(nn.Module):
+    """Segmentation loss of anomaly logits (N, 1, H, W) against binary masks: the binary
+    focal loss ``-(1 - p_t)^gamma log p_t`` (DRAEM's choice, mean over pixels), plus
+    ``dice`` times the soft Dice loss ``1 - 2|P∩M| / (|P| + |M|)`` over the batch."""
+
+    def __init__(self, gamma: float = 2.0, dice: float = 0.0) -> None:
+        super().__init__()
+        checks.require(gamma >= 0, "seg_loss.gamma", gamma, "a number >= 0")
+        checks.require(dice >= 0, "seg_loss.dice", dice, "a weight >= 0")
+        self.gamma, self.dice = float(gamma), float(dice)
+
+    def forward(self, logits: Tensor, masks: Tensor) -> Tensor:
+        logits, masks = logits.float(), masks.float()
+        bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
+        p_t = torch.exp(-bce)
+        loss = ((1 - p_t) ** self.gamma * bce).mean()
+        if self.dice:
+            probs = logits.sigmoid()
+            overlap = (probs * masks).sum()
+            loss = loss + self.dice * (1 - (2 * overlap + 1) / (probs.sum() + masks.sum() + 1))
+        return loss

@@ -1,5 +1,13 @@
 """The LightningModule that trains any reconstruction network and evaluates it.
 
+With ``synthesis`` (a :class:`~anomalib_lite.data.synthetic.SyntheticAnomalies` config)
+training corrupts each normal batch with synthetic anomalies and the network learns to
+restore the clean image (denoising reconstruction); a network with a segmentation head
+(``segment``, e.g. ``DraemLite``) also learns to segment the synthetic masks with
+``seg_loss``. Validation then also scores fixed-seed synthetic anomalies on the normal
+validation images (``val/synthetic_image_auroc``, ``val/synthetic_pixel_auroc``): the
+metrics settings are chosen on, never the test split.
+
 Network, loss, optimizer, scheduler and scoring are stored as plain config dicts in the
 hyper-parameters and built here, so a checkpoint is self-describing and loads with
 ``weights_only=True``. Decision thresholds are buffers: they travel inside the checkpoint.
@@ -18,8 +26,10 @@ from torchmetrics import CatMetric
 
 from anomalib_lite.data.batch import Batch
 from anomalib_lite.evaluation import batch_record, evaluate, gather_records, score_rows
+from anomalib_lite.metrics import pixel_auroc
 from anomalib_lite.scoring import Scorer, fit_threshold
 from anomalib_lite.scoring.kde import LatentKDE
+from anomalib_lite.utils.checks import ConfigError
 from anomalib_lite.utils.instantiate import build, to_plain
 
 KDE_SCORE = "latent_kde"
@@ -53,14 +63,30 @@ class AnomalyModule(LightningModule):
     """Trains ``net`` on reconstruction ``loss``; scores, thresholds and evaluates it."""
 
     def __init__(self, net: Mapping, loss: Mapping, optimizer: Mapping,
-                 scheduler: Mapping | None = None, scoring: Mapping | None = None) -> None:
+                 scheduler: Mapping | None = None, scoring: Mapping | None = None,
+                 synthesis: Mapping | None = None, seg_loss: Mapping | None = None,
+                 synthesis_seed: int = 0) -> None:
         super().__init__()
         scoring = to_plain(scoring) if scoring is not None else DEFAULT_SCORING
         self.save_hyperparameters({"net": to_plain(net), "loss": to_plain(loss),
                                    "optimizer": to_plain(optimizer),
-                                   "scheduler": to_plain(scheduler), "scoring": scoring})
+                                   "scheduler": to_plain(scheduler), "scoring": scoring,
+                                   "synthesis": to_plain(synthesis),
+                                   "seg_loss": to_plain(seg_loss),
+                                   "synthesis_seed": int(synthesis_seed)})
         self.net: nn.Module = build(self.hparams.net, "model.net")
         self.loss_fn: nn.Module = build(self.hparams.loss, "loss")
+        self.synth: nn.Module | None = (build(self.hparams.synthesis, "model.synthesis")
+                                        if synthesis else None)
+        self.has_head = callable(getattr(self.net, "segment", None))
+        self.seg_loss_fn: nn.Module | None = None
+        if self.has_head:
+            if not (synthesis and seg_loss):
+                raise ConfigError(f"{type(self.net).__name__} has a segmentation head: it "
+                                  "needs model.synthesis (anomalies to segment) and "
+                                  "model.seg_loss (e.g. model=draem_lite)")
+            self.seg_loss_fn = build(self.hparams.seg_loss, "model.seg_loss")
+        self._train_generator: torch.Generator | None = None
         build(self.hparams.optimizer, "model.optimizer", _partial_=True)  # fail early on typos
         kde_cfg = dict(scoring.get("kde") or {})
         self.scorer = Scorer(**{k: v for k, v in scoring.items() if k != "kde"})
@@ -81,6 +107,8 @@ class AnomalyModule(LightningModule):
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
         self.val_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
         self.val_pixels = _cat()
+        # fixed-seed synthetic anomalies on the normal validation images (with synthesis)
+        self.val_synthetic = nn.ModuleDict({k: _cat() for k in ("scores", "maps", "masks")})
         # a buffer, so the best validation loss survives checkpoint and resume
         self.register_buffer("val_loss_best", torch.tensor(float("inf")))
         self.test_results: dict[str, Any] | None = None
@@ -95,6 +123,16 @@ class AnomalyModule(LightningModule):
         """The network's reconstruction as float32 (the net may run under autocast)."""
         return self.net(images).float()
 
+    def net_maps(self, images: Tensor, reconstruction: Tensor) -> dict[str, Tensor]:
+        """The network-made anomaly maps (``seg``: sigmoid of the segmentation head)."""
+        if not self.has_head or "seg" not in self.scorer.net_map_kinds:
+            return {}
+        return {"seg": self.net.segment(images, reconstruction).float().sigmoid()}
+
+    def maps_and_scores(self, images: Tensor, reconstruction: Tensor) -> tuple[
+            dict[str, Tensor], dict[str, Tensor]]:
+        return self.scorer(images, reconstruction, self.net_maps(images, reconstruction))
+
     def predict_batch(self, images: Tensor) -> dict[str, Any]:
         """The one inference path (validation, test, predict, export): reconstruction, maps
         and scores, always in float32 with autocast off.
@@ -105,7 +143,7 @@ class AnomalyModule(LightningModule):
         with torch.autocast(device_type=images.device.type, enabled=False):
             images = images.float()
             reconstruction = self.reconstruct(images)
-            maps, scores = self.scorer(images, reconstruction)
+            maps, scores = self.maps_and_scores(images, reconstruction)
             if self.kde is not None and self.kde.fitted:
                 scores.update(self._kde_scores(self.net.encode(images),
                                                scores[self.scorer.primary]))
@@ -143,7 +181,7 @@ class AnomalyModule(LightningModule):
                 normal = batch["label"] == 0
                 images = batch["image"][normal].to(self.device).float()
                 if len(images):
-                    _, scores = self.scorer(images, self.reconstruct(images))
+                    _, scores = self.maps_and_scores(images, self.reconstruct(images))
                     primary.append(scores[self.scorer.primary].double())
                     density.append(self.kde(self.net.encode(images)).double().to(self.device))
         self.train(was_training)
@@ -176,9 +214,34 @@ class AnomalyModule(LightningModule):
         return normalized
 
     # ----------------------------------------------------------------- training
+    def synthetic_objective(self, corrupted: Tensor, images: Tensor,
+                            masks: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Restore ``images`` from ``corrupted`` (+ segment ``masks`` with a head).
+
+        Returns the total loss and its parts (``recon_loss``, ``seg_loss``).
+        """
+        reconstruction = self.reconstruct(corrupted)
+        parts = {"recon_loss": self.reconstruction_loss(reconstruction, images)}
+        if self.has_head:
+            assert self.seg_loss_fn is not None
+            logits = self.net.segment(corrupted, reconstruction)
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                parts["seg_loss"] = self.seg_loss_fn(logits.float(), masks.float())
+        return sum(parts.values()), parts
+
+    def on_fit_start(self) -> None:
+        self._train_generator = torch.Generator().manual_seed(self.hparams.synthesis_seed)
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images = batch["image"]
-        loss = self.reconstruction_loss(self.reconstruct(images), images)
+        if self.synth is None:
+            loss = self.reconstruction_loss(self.reconstruct(images), images)
+        else:
+            corrupted, masks = self.synth(images, generator=self._train_generator)
+            loss, parts = self.synthetic_objective(corrupted, images, masks)
+            for name, value in parts.items():
+                self.log(f"train/{name}", value, on_step=False, on_epoch=True,
+                         batch_size=images.shape[0])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0])
         return loss
@@ -195,18 +258,50 @@ class AnomalyModule(LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images = batch["image"]
         out = self.predict_batch(images)
-        loss = self.reconstruction_loss(out["reconstruction"], images)
+        normal = batch["label"] == 0
+        if self.synth is None:
+            loss = self.reconstruction_loss(out["reconstruction"], images)
+        else:
+            loss = self._synthetic_validation(images[normal], batch_idx)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=images.shape[0])
-        normal = batch["label"] == 0
         for name, scores in out["scores"].items():
             self.val_scores[name].update(scores[normal].float())
         pixels = out["maps"][self.scorer.primary_map][normal].flatten(1)
         stride = max(1, pixels.shape[1] // PIXELS_PER_IMAGE)
         self.val_pixels.update(pixels[:, ::stride].reshape(-1).float())
 
+    def _synthetic_validation(self, images: Tensor, batch_idx: int) -> Tensor:
+        """Fixed-seed synthetic anomalies (one per normal validation image): keeps their
+        primary scores and (subsampled) maps and masks; returns the training objective on
+        them, the validation loss of a synthesis run."""
+        assert self.synth is not None
+        generator = torch.Generator().manual_seed(self.hparams.synthesis_seed + 1 + batch_idx)
+        corrupted, masks = self.synth(images, generator=generator, probability=1.0)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            loss, _ = self.synthetic_objective(corrupted.float(), images.float(), masks)
+        out = self.predict_batch(corrupted)
+        self.val_synthetic["scores"].update(out["scores"][self.scorer.primary].float())
+        amap = out["maps"][self.scorer.primary_map].flatten(1)
+        stride = max(1, amap.shape[1] // PIXELS_PER_IMAGE)
+        self.val_synthetic["maps"].update(amap[:, ::stride].reshape(-1).float())
+        self.val_synthetic["masks"].update(masks.flatten(1)[:, ::stride].reshape(-1).float())
+        return loss
+
     def on_validation_epoch_end(self) -> None:
-        """Fit each score's threshold on the normal validation images."""
+        """Fit each score's threshold on the normal validation images (and, with synthesis,
+        log the synthetic-anomaly AUROCs)."""
+        if self.synth is not None:
+            normal = _gathered(self.val_scores[self.scorer.primary])
+            synthetic = _gathered(self.val_synthetic["scores"])
+            labels = torch.cat([torch.zeros_like(normal), torch.ones_like(synthetic)])
+            self.log("val/synthetic_image_auroc",
+                     pixel_auroc(torch.cat([normal, synthetic]), labels))
+            self.log("val/synthetic_pixel_auroc",
+                     pixel_auroc(_gathered(self.val_synthetic["maps"]),
+                                 _gathered(self.val_synthetic["masks"])))
+            for metric in self.val_synthetic.values():
+                metric.reset()
         for i, name in enumerate(self.scorer.names):
             normal_scores = _gathered(self.val_scores[name])
             self.thresholds[i] = fit_threshold(normal_scores, **self.scorer.threshold)

@@ -12,6 +12,11 @@ from anomalib_lite.scoring.reductions import REDUCTIONS, reduce_map
 from anomalib_lite.scoring.threshold import THRESHOLD_METHODS
 from anomalib_lite.utils import checks
 
+# maps made by the network itself, not from (image, reconstruction): ``seg`` is the
+# sigmoid of a segmentation head (networks with ``segment``, e.g. DraemLite)
+NET_MAP_KINDS = ("seg",)
+ALL_MAP_KINDS = (*MAP_KINDS, *NET_MAP_KINDS)
+
 
 @dataclass(frozen=True)
 class ScoreSpec:
@@ -53,12 +58,13 @@ class Scorer:
             if isinstance(spec.get("map"), Mapping):
                 weights = dict(spec["map"])
                 checks.require(len(weights) > 0 and all(
-                    kind in MAP_KINDS and isinstance(w, (int, float)) and w > 0
+                    kind in ALL_MAP_KINDS and isinstance(w, (int, float)) and w > 0
                     for kind, w in weights.items()), f"score.scores.{name}.map", weights,
-                    f"a kind among {list(MAP_KINDS)} or a dict of positive weights per kind")
+                    f"a kind among {list(ALL_MAP_KINDS)} or a dict of positive weights per "
+                    "kind")
                 spec["map"] = tuple((kind, float(w)) for kind, w in weights.items())
             else:
-                checks.one_of(f"score.scores.{name}.map", spec.get("map"), MAP_KINDS)
+                checks.one_of(f"score.scores.{name}.map", spec.get("map"), ALL_MAP_KINDS)
             checks.one_of(f"score.scores.{name}.reduce", spec.get("reduce"), REDUCTIONS)
             unknown = set(spec) - set(ScoreSpec.__dataclass_fields__)
             checks.require(not unknown, f"score.scores.{name}", sorted(unknown),
@@ -90,11 +96,27 @@ class Scorer:
         """Key (in the maps returned by ``__call__``) of the primary score's map."""
         return self.specs[self.primary].map_key
 
-    def __call__(self, image: Tensor, reconstruction: Tensor) -> tuple[dict[str, Tensor],
-                                                                       dict[str, Tensor]]:
-        """Return ``(maps by map key, scores by name)`` for a batch; each map is made once."""
+    @property
+    def net_map_kinds(self) -> set[str]:
+        """The network-made map kinds (``seg``) some score needs."""
+        return {kind for spec in self.specs.values() for kind in spec.weights
+                if kind in NET_MAP_KINDS}
+
+    def __call__(self, image: Tensor, reconstruction: Tensor,
+                 net_maps: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor],
+                                                                     dict[str, Tensor]]:
+        """Return ``(maps by map key, scores by name)`` for a batch; each map is made once.
+
+        ``net_maps`` holds the network-made maps (``seg``) by kind.
+        """
+        net_maps = net_maps or {}
         kinds = {kind for spec in self.specs.values() for kind in spec.weights}
-        raw = {kind: anomaly_map(image, reconstruction, kind, self.ssim_window)
+        missing = sorted(kinds & set(NET_MAP_KINDS) - set(net_maps))
+        if missing:
+            raise ValueError(f"scores use the map(s) {missing}, which only a network with a "
+                             "segmentation head makes (e.g. model=draem_lite)")
+        raw = {kind: net_maps[kind] if kind in NET_MAP_KINDS
+               else anomaly_map(image, reconstruction, kind, self.ssim_window)
                for kind in kinds}
         maps = {}
         for spec in self.specs.values():

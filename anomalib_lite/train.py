@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -50,6 +51,8 @@ def build_model(cfg: DictConfig) -> pl.LightningModule:
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Fit and test as configured. Returns ``(metrics after fit, results or None)``."""
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -35,8 +35,9 @@ def perlin_noise(height: int, width: int, res: tuple[int, int],
                  generator: torch.Generator | None = None) -> Tensor:
     """One 2-D Perlin noise field (height, width) with ``res`` gradient cells per axis.
 
-    Values lie in about [-1, 1] (scaled by sqrt 2 as in DRAEM); the smooth fade ``6t^5 - 15t^4 + 10t^3`` interpolates
-    the dot products of the random unit gradients at the four cell corners.
+    Values lie in about [-1, 1] (scaled by sqrt 2 as in DRAEM); the smooth fade
+    ``6t^5 - 15t^4 + 10t^3`` interpolates the dot products of the random unit gradients at
+    the four cell corners.
     """
     ry, rx = res
     angles = 2 * math.pi * torch.rand(ry + 1, rx + 1, generator=generator)

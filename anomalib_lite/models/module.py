@@ -108,7 +108,9 @@ class AnomalyModule(LightningModule):
         self.val_scores = nn.ModuleDict({name: _cat() for name in self.scorer.names})
         self.val_pixels = _cat()
         # fixed-seed synthetic anomalies on the normal validation images (with synthesis)
-        self.val_synthetic = nn.ModuleDict({k: _cat() for k in ("scores", "maps", "masks")})
+        # (scores by index in scorer.names, so any score name is a valid key)
+        self.val_synthetic = nn.ModuleDict({k: _cat() for k in (
+            "maps", "masks", *(f"score{i}" for i in range(len(self.scorer.names))))})
         # a buffer, so the best validation loss survives checkpoint and resume
         self.register_buffer("val_loss_best", torch.tensor(float("inf")))
         self.test_results: dict[str, Any] | None = None
@@ -273,7 +275,7 @@ class AnomalyModule(LightningModule):
 
     def _synthetic_validation(self, images: Tensor, batch_idx: int) -> Tensor:
         """Fixed-seed synthetic anomalies (one per normal validation image): keeps their
-        primary scores and (subsampled) maps and masks; returns the training objective on
+        scores and (subsampled) primary maps and masks; returns the training objective on
         them, the validation loss of a synthesis run."""
         assert self.synth is not None
         generator = torch.Generator().manual_seed(self.hparams.synthesis_seed + 1 + batch_idx)
@@ -281,7 +283,8 @@ class AnomalyModule(LightningModule):
         with torch.autocast(device_type=images.device.type, enabled=False):
             loss, _ = self.synthetic_objective(corrupted.float(), images.float(), masks)
         out = self.predict_batch(corrupted)
-        self.val_synthetic["scores"].update(out["scores"][self.scorer.primary].float())
+        for i, name in enumerate(self.scorer.names):
+            self.val_synthetic[f"score{i}"].update(out["scores"][name].float())
         amap = out["maps"][self.scorer.primary_map].flatten(1)
         stride = max(1, amap.shape[1] // PIXELS_PER_IMAGE)
         self.val_synthetic["maps"].update(amap[:, ::stride].reshape(-1).float())
@@ -292,11 +295,14 @@ class AnomalyModule(LightningModule):
         """Fit each score's threshold on the normal validation images (and, with synthesis,
         log the synthetic-anomaly AUROCs)."""
         if self.synth is not None:
-            normal = _gathered(self.val_scores[self.scorer.primary])
-            synthetic = _gathered(self.val_synthetic["scores"])
-            labels = torch.cat([torch.zeros_like(normal), torch.ones_like(synthetic)])
-            self.log("val/synthetic_image_auroc",
-                     pixel_auroc(torch.cat([normal, synthetic]), labels))
+            for i, name in enumerate(self.scorer.names):
+                normal = _gathered(self.val_scores[name])
+                synthetic = _gathered(self.val_synthetic[f"score{i}"])
+                labels = torch.cat([torch.zeros_like(normal), torch.ones_like(synthetic)])
+                auroc = pixel_auroc(torch.cat([normal, synthetic]), labels)
+                self.log(f"val/synthetic/{name}/image_auroc", auroc)
+                if name == self.scorer.primary:
+                    self.log("val/synthetic_image_auroc", auroc)
             self.log("val/synthetic_pixel_auroc",
                      pixel_auroc(_gathered(self.val_synthetic["maps"]),
                                  _gathered(self.val_synthetic["masks"])))

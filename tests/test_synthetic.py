@@ -121,7 +121,7 @@ TINY_NETS = ("model.net.recon_widths=[8,16,32,64]", "model.net.seg_widths=[8,16,
 
 
 def test_draem_lite_trains_logs_synthetic_metrics_and_reloads(fast_cfg, tmp_path):
-    cfg = fast_cfg("model=draem_lite", *TINY_NETS, "trainer.max_epochs=2")
+    cfg = fast_cfg("model=draem_lite", *TINY_NETS)
     fit_metrics, _ = train(cfg)
     for key in ("val/synthetic_image_auroc", "val/synthetic_pixel_auroc", "train/seg_loss"):
         assert key in fit_metrics, sorted(fit_metrics)

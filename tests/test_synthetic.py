@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from anomalib_lite.benchmark.select_score import synthetic_selection
+from anomalib_lite.benchmark.targets import meets, table
 from anomalib_lite.data.synthetic import SyntheticAnomalies, perlin_masks, perlin_noise
 from anomalib_lite.losses import FocalLoss
 from anomalib_lite.models import AnomalyModule
@@ -132,6 +134,22 @@ def test_draem_lite_trains_logs_synthetic_metrics_and_reloads(fast_cfg, tmp_path
     assert isinstance(model.net, DraemLite) and model.synth is not None
     out = model.eval().predict_batch(torch.rand(2, 3, 32, 32))
     assert out["maps"]["seg_s4"].shape == (2, 1, 32, 32)
+    # the score choice on synthetic validation anomalies reads the val split only
+    selection = synthetic_selection(tmp_path, repeats=1, data_cfg=cfg.data)
+    assert selection["chosen"] in cfg.score.scores and len(selection["rows"]) == len(
+        cfg.score.scores)
+
+
+def test_targets_table_marks_the_misses():
+    rows = [{"category": "bottle", "image_auroc": 0.96, "pixel_auroc": 0.97, "aupro": 0.9,
+             "run_minutes": 9.0, "fit_minutes": 8.5, "epochs": 56, "image_size": 128},
+            {"category": "pill", "image_auroc": 0.86, "pixel_auroc": 0.96, "aupro": 0.8,
+             "run_minutes": 16.0, "fit_minutes": 15.5, "epochs": 56, "image_size": 128}]
+    assert all(meets(rows[0]).values())
+    assert meets(rows[1]) == {"image_auroc": False, "pixel_auroc": True, "fit_minutes": False}
+    text = table(rows)
+    assert "| all |" in text and "image_auroc, fit_minutes missed" in text
+    assert "0.992 / 0.991" in text  # DRAEM's published bottle numbers
 
 
 @pytest.mark.parametrize("model", ["denoising_ae", "unet_noisy_skips"])

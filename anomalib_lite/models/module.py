@@ -23,6 +23,7 @@ from anomalib_lite.scoring.kde import LatentKDE
 from anomalib_lite.utils.instantiate import build, to_plain
 
 KDE_SCORE = "latent_kde"
+PREPROCESSING_KEY = "preprocessing"  # checkpoint key: {image_size, channels}
 PIXELS_PER_IMAGE = 1024  # pixels per normal validation image kept to fit the pixel threshold
 DEFAULT_SCORING: dict[str, Any] = {
     "scores": {"l2_mean": {"map": "l2", "reduce": "mean"},
@@ -86,6 +87,22 @@ class AnomalyModule(LightningModule):
         self.test_results: dict[str, Any] | None = None
         self.test_rows: list[dict[str, Any]] = []
         self.history: list[dict[str, float]] = []  # per epoch: losses and learning rate
+        # how input images are made (image size, channels): from the datamodule at fit/test,
+        # saved as checkpoint["preprocessing"] so that predict and export can rebuild it
+        self.preprocessing: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- checkpoint
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "preprocessing"):
+            self.preprocessing = datamodule.preprocessing.to_dict()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.preprocessing is not None:
+            checkpoint[PREPROCESSING_KEY] = dict(self.preprocessing)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preprocessing = checkpoint.get(PREPROCESSING_KEY)
 
     # ----------------------------------------------------------------- inference path
     def forward(self, images: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from anomalib_lite.deploy.checkpoint import load_model, preprocessing_of
 from anomalib_lite.deploy.onnx_export import export_onnx, onnx_max_abs_diff
 from anomalib_lite.deploy.report import collect_inputs
 from anomalib_lite.train import CONFIG_DIR
-from anomalib_lite.utils.checks import ConfigError, one_of
+from anomalib_lite.utils.checks import one_of
 
 FORMATS = ("onnx",)
 EXAMPLE = "python -m anomalib_lite.export ckpt=outputs/train/runs/<run>/model.ckpt format=onnx"
@@ -44,11 +44,8 @@ def verification_images(value: str | None, preprocessing: Preprocessing) -> torc
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt`` as ``cfg.format``; returns the file and the parity check."""
-    if not cfg.get("ckpt"):
-        raise ConfigError(f"ckpt is not set: pass the model.ckpt of a training run, e.g.\n  "
-                          f"{EXAMPLE}")
+    model = load_model(cfg.get("ckpt"), example=EXAMPLE)
     one_of("format", cfg.get("format"), FORMATS)
-    model = load_model(cfg.ckpt)
     preprocessing = preprocessing_of(model, cfg.get("image_size"), cfg.ckpt)
     path = export_onnx(model, preprocessing, Path(cfg.paths.output_dir) / "model.onnx",
                        opset=cfg.opset)

@@ -30,7 +30,6 @@ from anomalib_lite.deploy.report import (
     summarize,
 )
 from anomalib_lite.train import CONFIG_DIR
-from anomalib_lite.utils.checks import ConfigError
 from anomalib_lite.utils.io import atomic_open, write_json
 from anomalib_lite.viz import overlay_figure, save_figure
 
@@ -56,11 +55,8 @@ def write_overlay(prediction: Prediction, path: Path, primary: str,
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.input`` with ``cfg.ckpt``; write the outputs; return the summary."""
-    if not cfg.get("ckpt"):
-        raise ConfigError(f"ckpt is not set: pass the model.ckpt of a training run, e.g.\n  "
-                          f"{EXAMPLE}")
+    model = load_model(cfg.get("ckpt"), example=EXAMPLE)
     files, root = collect_inputs(cfg.get("input"))
-    model = load_model(cfg.ckpt)
     predictor = Predictor(model, preprocessing_of(model, cfg.get("image_size"), cfg.ckpt),
                           batch_size=cfg.batch_size, device=cfg.device)
     output_dir = Path(cfg.paths.output_dir)

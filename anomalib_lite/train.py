@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from anomalib_lite.deploy.checkpoint import load_model
 from anomalib_lite.results import (
     build_results,
     print_summary,
@@ -43,9 +44,7 @@ def build_model(cfg: DictConfig) -> pl.LightningModule:
         return hydra.utils.instantiate(cfg.model, _recursive_=False)
     if not cfg.get("ckpt_path"):
         raise ConfigError("train=false tests a trained model: set ckpt_path=<path to .ckpt>")
-    module_class = hydra.utils.get_class(cfg.model._target_)
-    return module_class.load_from_checkpoint(cfg.ckpt_path, map_location="cpu",
-                                             weights_only=True)
+    return load_model(cfg.ckpt_path, hydra.utils.get_class(cfg.model._target_), "ckpt_path")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:

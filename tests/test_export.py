@@ -14,7 +14,7 @@ import torch
 from conftest import REPO_ROOT
 
 from anomalib_lite.deploy import Predictor
-from anomalib_lite.deploy.onnx_export import OUTPUTS, ExportModel, exportable_scores
+from anomalib_lite.deploy.onnx_export import OUTPUTS, ExportModel
 from anomalib_lite.export import export
 from anomalib_lite.utils.checks import ConfigError
 
@@ -39,7 +39,7 @@ def test_onnx_outputs_match_pytorch_on_real_images(exported, trained_run):
     files = sorted((trained_run.parent / "mvtec" / "bottle").rglob("*.png"))
     images = torch.stack([p.image for p in predictor.predict(files)])  # 18 images, masks too
     session = onnxruntime.InferenceSession(exported["path"])
-    names = exportable_scores(predictor.model)
+    names = predictor.model.available_scores
     with torch.no_grad():
         expected = ExportModel(predictor.model, names)(images)
     # the combined score sums the primary and KDE scores divided by their spread on normal
@@ -69,7 +69,7 @@ def test_onnx_metadata_carries_thresholds_and_preprocessing(exported, trained_ru
     graph = onnx.load(exported["path"])
     meta = {p.key: json.loads(p.value) for p in graph.metadata_props}
     model = predictor.model
-    assert meta["score_names"] == exportable_scores(model) == predictor.score_names
+    assert meta["score_names"] == model.available_scores == predictor.score_names
     assert meta["primary_score"] == model.scorer.primary
     for name, threshold in meta["thresholds"].items():
         assert threshold == pytest.approx(model.threshold_of(name), rel=1e-7)

@@ -35,13 +35,17 @@ def _refusal_detail(err: Exception) -> str:
     return match.group(1).strip() if match else type(err).__name__
 
 
-def load_model(path: str | Path, module_class: type[AnomalyModule] = AnomalyModule,
-               key: str = "ckpt") -> AnomalyModule:
+def load_model(path: str | Path | None, module_class: type[AnomalyModule] = AnomalyModule,
+               key: str = "ckpt", example: str | None = None) -> AnomalyModule:
     """Rebuild the model of a checkpoint in eval mode on the CPU (``weights_only=True``).
 
-    Raises :class:`CheckpointError` naming ``key`` for a missing or unreadable file and
+    Raises :class:`ConfigError` naming ``key`` (and the ``example`` command) when no path
+    is given, :class:`CheckpointError` for a missing or unreadable file and
     :class:`UnsafeCheckpointError` for one that carries pickled objects.
     """
+    if path is None or str(path) == "":
+        raise ConfigError(f"{key} is not set: pass the model.ckpt of a training run, e.g.\n  "
+                          f"{example or f'{key}={EXAMPLE_CKPT}'}")
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r}: checkpoint file not found (pass the "

@@ -70,19 +70,12 @@ def export_metadata(model: AnomalyModule, preprocessing: Preprocessing,
     return {key: json.dumps(value) for key, value in values.items()}
 
 
-def exportable_scores(model: AnomalyModule) -> list[str]:
-    """Every score the model produces (the KDE ones only once its KDE is fitted)."""
-    kde = model.kde
-    return [n for n in model.score_names
-            if n in model.scorer.names or (kde is not None and kde.fitted)]
-
-
 def export_onnx(model: AnomalyModule, preprocessing: Preprocessing, path: str | Path,
                 opset: int = OPSET) -> Path:
     """Write the model as ONNX (TorchScript-based exporter) with metadata, atomically."""
     import onnx
 
-    names = exportable_scores(model)
+    names = model.available_scores
     wrapper = ExportModel(model.cpu(), names)
     size, channels = preprocessing.image_size, preprocessing.channels
     example = torch.zeros(2, channels, size, size, dtype=torch.uint8)
@@ -111,7 +104,7 @@ def onnx_max_abs_diff(path: str | Path, model: AnomalyModule, images: Tensor) ->
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = [torch.from_numpy(a) for a in session.run(list(OUTPUTS), {"image": images.numpy()})]
-    names = exportable_scores(model)
+    names = model.available_scores
     with torch.no_grad():
         expected = ExportModel(model, names)(images)
     diff = [(ours.double() - theirs.double()).abs() for ours, theirs in zip(expected, got,

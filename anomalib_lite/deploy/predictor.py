@@ -66,10 +66,7 @@ class Predictor:
 
     @property
     def score_names(self) -> list[str]:
-        """The scores this model produces (the KDE ones only once the KDE is fitted)."""
-        kde = self.model.kde
-        return [n for n in self.model.score_names
-                if n in self.model.scorer.names or (kde is not None and kde.fitted)]
+        return self.model.available_scores
 
     @torch.no_grad()
     def score_tensor(self, images: Tensor) -> dict[str, object]:

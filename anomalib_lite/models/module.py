@@ -179,6 +179,12 @@ class AnomalyModule(LightningModule):
     def combined_score(self) -> str:
         return f"{self.scorer.primary}+{KDE_SCORE}"
 
+    @property
+    def available_scores(self) -> list[str]:
+        """The scores ``predict_batch`` produces: the KDE ones only once the KDE is fitted."""
+        fitted = self.kde is not None and self.kde.fitted
+        return [n for n in self.score_names if fitted or n in self.scorer.names]
+
     def threshold_of(self, score: str) -> float:
         return float(self.thresholds[self.score_names.index(score)])
 

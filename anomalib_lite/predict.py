@@ -46,7 +46,8 @@ def write_overlay(prediction: Prediction, path: Path, primary: str,
     """The primary map over the model's input image, titled with score and decision."""
     assert prediction.image is not None and prediction.anomaly_map is not None
     decision = "ANOMALOUS" if prediction.anomalous[primary] else "normal"
-    title = (f"{Path(prediction.source).name}\n{primary} {prediction.scores[primary]:.4g} "
+    source = Path(prediction.source)
+    title = (f"{source.parent.name}/{source.name}\n{primary} {prediction.scores[primary]:.4g} "
              f"({prediction.normalized[primary]:.2f}): {decision}")
     top = vmax or float(prediction.anomaly_map.max()) or 1.0
     save_figure(overlay_figure(to_model_input(prediction.image), prediction.anomaly_map, top,

@@ -84,8 +84,9 @@ def print_summary(summary: dict[str, Any], csv_path: Path) -> None:
     """The counts as a rich table, then the failures (path and reason)."""
     console = Console()
     console.width = max(console.width, 120)
-    table = Table(title=f"Predictions (primary score: {summary['primary_score']}, threshold "
-                        f"{summary['threshold']})")
+    threshold = summary["threshold"]
+    table = Table(title=f"Predictions ({summary['primary_score']} > "
+                        f"{'n/a' if threshold is None else f'{threshold:.4g}'}: anomalous)")
     for column in ("images", "scored", "failed", "anomalous", "normal"):
         table.add_column(column, justify="right")
     table.add_row(*(str(summary[k]) for k in ("total", "ok", "failed", "anomalous", "normal")))

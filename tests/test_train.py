@@ -222,6 +222,7 @@ def test_saved_model_carries_the_fitted_kde_and_thresholds(fast_cfg, tmp_path):
     _, results = train(cfg)
     model = AnomalyModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
     assert model.kde is not None and model.kde.fitted
+    assert model.preprocessing == {"image_size": 32, "channels": 3}  # for predict and export
     for name, metrics in results["scores"].items():
         assert model.threshold_of(name) == pytest.approx(metrics["threshold"], rel=1e-6), name
     datamodule = hydra.utils.instantiate(cfg.data)

@@ -102,7 +102,8 @@ class AnomalyModule(LightningModule):
             checkpoint[PREPROCESSING_KEY] = dict(self.preprocessing)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.preprocessing = checkpoint.get(PREPROCESSING_KEY)
+        # a resumed fit restores after setup(): keep the datamodule's if the file has none
+        self.preprocessing = checkpoint.get(PREPROCESSING_KEY, self.preprocessing)
 
     # ----------------------------------------------------------------- inference path
     def forward(self, images: Tensor) -> Tensor:

@@ -60,7 +60,7 @@ def load_model(path: str | Path | None, module_class: type[AnomalyModule] = Anom
             f"tensors and plain values ({_refusal_detail(err)}). It was loaded with "
             "weights_only=True, so nothing from it was executed. Use a model.ckpt written by "
             "anomalib_lite.train, or a checkpoint from a source you trust.") from None
-    except (KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as err:
+    except (KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: not an anomalib_lite model "
                               f"checkpoint, or a corrupt one ({type(err).__name__}: {err})"
                               ) from None

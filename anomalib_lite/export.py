@@ -1,7 +1,8 @@
 """Export a trained model: ``python -m anomalib_lite.export ckpt=<run>/model.ckpt format=onnx``.
 
 Writes ``model.onnx`` into the run directory (see :mod:`anomalib_lite.deploy.onnx_export`
-for its inputs, outputs and metadata), then checks it with onnxruntime against PyTorch.
+for its inputs, outputs and metadata), checks it with onnxruntime against PyTorch, and
+writes ``export.json`` (file, size, the largest differences).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from anomalib_lite.deploy.onnx_export import export_onnx, onnx_max_abs_diff
 from anomalib_lite.deploy.report import collect_inputs
 from anomalib_lite.train import CONFIG_DIR
 from anomalib_lite.utils.checks import one_of
+from anomalib_lite.utils.io import write_json
 
 FORMATS = ("onnx",)
 EXAMPLE = "python -m anomalib_lite.export ckpt=outputs/train/runs/<run>/model.ckpt format=onnx"
@@ -56,9 +58,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.verify:
         images = verification_images(cfg.get("verify_input"), preprocessing)
         result["max_abs_diff"] = onnx_max_abs_diff(path, model, images)
+        result["verified_on"] = cfg.get("verify_input") or "4 seeded random images"
         console.print(f"onnxruntime vs PyTorch on {len(images)} images, max abs difference: "
                       + ", ".join(f"{k} {v:.3g}" for k, v in result["max_abs_diff"].items()),
                       highlight=False)
+    write_json(Path(cfg.paths.output_dir) / "export.json", result)
     return result
 
 

@@ -96,4 +96,6 @@ def test_export_cli_writes_into_the_run_directory(trained_run, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "model.onnx").is_file()
+    report = json.loads((tmp_path / "run" / "export.json").read_text())
+    assert report["max_abs_diff"]["anomaly_map"] < 1e-4
     assert "onnxruntime vs PyTorch" in proc.stdout

@@ -82,8 +82,13 @@ def test_python_api_scores_paths_arrays_and_pil_images_alike(trained_run):
     # any size in: resized like the datamodules do
     (big,) = predictor.predict(np.zeros((50, 70, 3), dtype=np.uint8))
     assert big.ok and big.image.shape == (3, 32, 32)
+    gray = np.asarray(Image.open(path).convert("L"))
+    as_8bit, as_16bit = predictor.predict([gray, gray.astype(np.uint16) * 257])
+    assert as_16bit.ok and torch.equal(as_16bit.image, as_8bit.image)  # 16-bit scaled down
     (bad,) = predictor.predict(np.full((8, 8), 3.0))
     assert not bad.ok and "[0, 1]" in bad.error
+    (bad,) = predictor.predict(np.zeros((8, 8, 2), dtype=np.uint8))
+    assert not bad.ok and "shape (8, 8, 2)" in bad.error
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -49,7 +49,7 @@ def array_to_pil(array: np.ndarray, name: str = "<array>") -> Image.Image:
                                  "in [0, 1]")
         array = (array * 255.0).round().astype(np.uint8)
     elif array.dtype == np.uint16 and array.ndim == 2:
-        return Image.fromarray(array, mode="I;16")
+        return Image.fromarray(array)  # mode I;16, scaled to 8 bits like a 16-bit file
     elif array.dtype != np.uint8:
         raise ImageLoadError(f"cannot read image {name}: unsupported array dtype {array.dtype} "
                              "(use uint8, 2-D uint16 or float in [0, 1])")

@@ -172,6 +172,7 @@ def test_unusable_checkpoints_and_missing_keys_fail_clearly(predict_cfg, trained
         load_model(tmp_path / "text.ckpt")
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.ckpt")
+    assert load_model(trained_run).preprocessing["image_size"] == 32  # a run directory
     with pytest.raises(ConfigError, match=r"(?s)ckpt is not set.*anomalib_lite.predict ckpt="):
         predict(predict_cfg("ckpt=null", f"input={trained_run}"))
     with pytest.raises(ConfigError, match="input is not set"):

@@ -37,7 +37,8 @@ def _refusal_detail(err: Exception) -> str:
 
 def load_model(path: str | Path | None, module_class: type[AnomalyModule] = AnomalyModule,
                key: str = "ckpt", example: str | None = None) -> AnomalyModule:
-    """Rebuild the model of a checkpoint in eval mode on the CPU (``weights_only=True``).
+    """Rebuild the model of a checkpoint (or of a run directory's ``model.ckpt``) in eval
+    mode on the CPU, with ``weights_only=True``.
 
     Raises :class:`ConfigError` naming ``key`` (and the ``example`` command) when no path
     is given, :class:`CheckpointError` for a missing or unreadable file and
@@ -47,6 +48,8 @@ def load_model(path: str | Path | None, module_class: type[AnomalyModule] = Anom
         raise ConfigError(f"{key} is not set: pass the model.ckpt of a training run, e.g.\n  "
                           f"{example or f'{key}={EXAMPLE_CKPT}'}")
     path = Path(path).expanduser()
+    if path.is_dir() and (path / "model.ckpt").is_file():  # a training run's directory
+        path = path / "model.ckpt"
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r}: checkpoint file not found (pass the "
                               f"model.ckpt of a training run, e.g. {key}={EXAMPLE_CKPT})")

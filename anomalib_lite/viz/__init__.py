@@ -2,10 +2,12 @@
 
 from anomalib_lite.viz.figures import (
     gallery,
+    model_comparison,
     roc_pr_curves,
     save_figure,
     score_histogram,
     training_curves,
 )
 
-__all__ = ["gallery", "roc_pr_curves", "save_figure", "score_histogram", "training_curves"]
+__all__ = ["gallery", "model_comparison", "roc_pr_curves", "save_figure", "score_histogram",
+           "training_curves"]

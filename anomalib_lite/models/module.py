@@ -267,12 +267,12 @@ class AnomalyModule(LightningModule):
         self.test_rows = score_rows(records, self.scorer, thresholds)
         for name, metrics in self.test_results["scores"].items():
             for key in ("image_auroc", "image_pr_auc"):
-                self.log(f"test/{name}/{key}", metrics[key])
+                self.log(f"test/{name}/{key}", metrics[key], sync_dist=True)
         primary = self.test_results["scores"][self.scorer.primary]
-        self.log("test/image_auroc", primary["image_auroc"])
-        self.log("test/image_pr_auc", primary["image_pr_auc"])
+        self.log("test/image_auroc", primary["image_auroc"], sync_dist=True)
+        self.log("test/image_pr_auc", primary["image_pr_auc"], sync_dist=True)
         for key, value in self.test_results["pixel"][self.scorer.primary_map].items():
-            self.log(f"test/{key}", value)
+            self.log(f"test/{key}", value, sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Scores, decisions at the stored thresholds and the primary map, per image."""

@@ -2,6 +2,7 @@
 
 from anomalib_lite.viz.figures import (
     gallery,
+    model_comparison,
     overlay_figure,
     roc_pr_curves,
     save_figure,
@@ -9,5 +10,5 @@ from anomalib_lite.viz.figures import (
     training_curves,
 )
 
-__all__ = ["gallery", "overlay_figure", "roc_pr_curves", "save_figure", "score_histogram",
-           "training_curves"]
+__all__ = ["gallery", "model_comparison", "overlay_figure", "roc_pr_curves", "save_figure",
+           "score_histogram", "training_curves"]

@@ -141,5 +141,26 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> Figure:
     return fig
 
 
-__all__ = ["draw_overlay", "gallery", "overlay_figure", "roc_pr_curves", "save_figure",
-           "score_histogram", "training_curves"]
+def model_comparison(matrix: Mapping[str, Mapping[str, float | None]],
+                     variants: Sequence[str], ylabel: str) -> Figure:
+    """Grouped bars: one group per category (row of ``matrix``), one bar per variant."""
+    groups = list(matrix)
+    width = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(variants)) / 2),
+                                    4.5))
+    x = np.arange(len(groups))
+    for i, name in enumerate(variants):
+        values = [matrix[g].get(name) for g in groups]
+        heights = [np.nan if v is None else float(v) for v in values]
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, heights, width, label=name)
+    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)  # chance
+    ax.set_xticks(x, groups)
+    ax.set(ylabel=ylabel, ylim=(0.0, 1.0))
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["draw_overlay", "gallery", "model_comparison", "overlay_figure", "roc_pr_curves",
+           "save_figure", "score_histogram", "training_curves"]

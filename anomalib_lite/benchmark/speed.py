@@ -17,6 +17,7 @@ It prints a table and writes JSON (atomically) with the machine, versions and se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -52,10 +53,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     elif STATUS.exists():
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # "5" resets VmHWM to the current RSS
+            Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_memory_mb(device: torch.device) -> float | None:

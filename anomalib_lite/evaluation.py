@@ -37,7 +37,8 @@ def batch_record(batch: dict[str, Any], scores: dict[str, Tensor],
 
 
 def gather_records(batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate batch records from all processes, keeping the first record per path."""
+    """Concatenate batch records from all processes, keeping the first record per path,
+    ordered by path (so that files and metrics do not depend on the number of processes)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[list[dict[str, Any]] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, batches)
@@ -48,7 +49,7 @@ def gather_records(batches: list[dict[str, Any]]) -> dict[str, Any]:
     first: dict[str, int] = {}
     for i, path in enumerate(paths):
         first.setdefault(path, i)
-    keep = torch.tensor(sorted(first.values()))
+    keep = torch.tensor(sorted(first.values(), key=lambda i: paths[i]), dtype=torch.long)
 
     def cat(key: str, sub: str | None = None) -> Tensor:
         parts = [b[key] if sub is None else b[key][sub] for b in batches]

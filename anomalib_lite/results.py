@@ -1,8 +1,10 @@
 """The run's ``results.json``, ``scores.csv`` and the console summary.
 
-``results.json`` schema (version 2)::
+``results.json`` schema (version 3)::
 
-    schema_version: 2
+    schema_version: 3
+    run:            {status: completed|failed, choices: {group: option} (Hydra), overrides,
+                     job_num, world_size, rank (the process that wrote the file)}
     primary_score:  name of the headline score (e.g. "l2_mean")
     primary_map:    key of the primary score's anomaly map (e.g. "ssim_s4")
     threshold_rule: how thresholds were fitted ({method, quantile, k}) on normal val images
@@ -19,6 +21,9 @@
     train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s}
     test_wall_time_s, config (the resolved Hydra config)
 
+A failed run writes ``{schema_version, run: {status: failed, ...}, error: {type, message,
+traceback}, config}`` instead, so that a sweep records it and goes on.
+
 NaN (undefined metrics) is written as null. ``scores.csv`` holds one row per test image:
 ``path, label, defect_type, <one column per score>, anomalous`` (primary score above its
 threshold). Both are written atomically.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import math
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +42,28 @@ from rich.table import Table
 
 from anomalib_lite.utils.io import atomic_open, write_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def build_results(test_results: dict[str, Any], train_info: dict[str, Any],
-                  test_wall_time_s: float, config: dict[str, Any]) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, **test_results, "train": train_info,
-            "test_wall_time_s": test_wall_time_s, "config": config}
+                  test_wall_time_s: float, config: dict[str, Any],
+                  run: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "run": run or {"status": "completed"},
+            **test_results, "train": train_info, "test_wall_time_s": test_wall_time_s,
+            "config": config}
+
+
+def failure_results(error: BaseException, config: dict[str, Any],
+                    run: dict[str, Any]) -> dict[str, Any]:
+    """The ``results.json`` of a run that raised ``error``."""
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    cause = error
+    while cause.__cause__ is not None:  # e.g. Hydra's InstantiationException wraps the cause
+        cause = cause.__cause__
+    return {"schema_version": SCHEMA_VERSION, "run": {**run, "status": "failed"},
+            "error": {"type": type(cause).__name__, "message": str(cause),
+                      "raised_as": type(error).__name__, "traceback": trace},
+            "config": config}
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:

@@ -5,6 +5,8 @@ Returns the value of ``optimized_metric`` (a validation metric) for Hydra sweepe
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,17 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from anomalib_lite.deploy.checkpoint import load_model
 from anomalib_lite.results import (
     build_results,
+    failure_results,
     print_summary,
     write_results,
     write_scores_csv,
@@ -25,6 +32,7 @@ from anomalib_lite.results import (
 from anomalib_lite.utils.checks import ConfigError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger(__name__)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -44,9 +52,7 @@ def build_model(cfg: DictConfig) -> pl.LightningModule:
         return hydra.utils.instantiate(cfg.model, _recursive_=False)
     if not cfg.get("ckpt_path"):
         raise ConfigError("train=false tests a trained model: set ckpt_path=<path to .ckpt>")
-    module_class = hydra.utils.get_class(cfg.model._target_)
-    return module_class.load_from_checkpoint(cfg.ckpt_path, map_location="cpu",
-                                             weights_only=True)
+    return load_model(cfg.ckpt_path, hydra.utils.get_class(cfg.model._target_), "ckpt_path")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -91,7 +97,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     train_info = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
                   "val_loss_best": fit_metrics.get("val/loss_best"),
                   "best_checkpoint": best or None, "wall_time_s": fit_time}
-    results = build_results(model.test_results, train_info, test_time, run_config)
+    results = build_results(model.test_results, train_info, test_time, run_config,
+                            run_info(trainer))
     # the deployable model: best weights, thresholds, normalization and fitted KDE
     trainer.save_checkpoint(output_dir / "model.ckpt", weights_only=True)
     if trainer.is_global_zero:
@@ -119,9 +126,58 @@ def finish_loggers(loggers: list[Any], results: dict[str, Any]) -> None:
         wandb.finish()
 
 
+def run_info(trainer: pl.Trainer | None = None) -> dict[str, Any]:
+    """Which Hydra choices and overrides made this run, and the process that wrote it."""
+    info: dict[str, Any] = {"status": "completed"}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        info["choices"] = {k: v for k, v in hydra_cfg.runtime.choices.items()
+                           if not k.startswith("hydra")}
+        info["overrides"] = list(hydra_cfg.overrides.task)
+        info["job_num"] = hydra_cfg.job.get("num")
+    if trainer is not None:
+        info["world_size"], info["rank"] = trainer.world_size, trainer.global_rank
+    return info
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> Path | None:
+    """Write ``results.json`` with ``run.status: failed``, the error and its traceback
+    (on rank 0 only; other ranks return None)."""
+    if rank_zero_only.rank != 0:
+        return None
+    try:
+        output_dir = Path(cfg.paths.output_dir)
+    except Exception:  # the path itself may be what failed to resolve
+        if not HydraConfig.initialized():
+            return None
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        config = OmegaConf.to_container(cfg, resolve=False)
+    info = {**run_info(), "status": "failed"}
+    return write_results(output_dir / "results.json", failure_results(error, config, info))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    fit_metrics, _ = train(cfg)
+    """Train and test; return ``optimized_metric`` to a sweeper.
+
+    A failing job writes ``results.json`` with status ``failed``; in a multirun it then
+    returns NaN (a failed trial) so that the other jobs still run, else it re-raises.
+    """
+    try:
+        fit_metrics, _ = train(cfg)
+    except Exception as error:
+        path = record_failure(cfg, error)
+        if not _in_multirun():
+            raise
+        log.exception("job failed (recorded in %s); the sweep goes on", path)
+        return math.nan
     metric = cfg.get("optimized_metric")
     if metric is None or not cfg.get("train", True):
         return None

@@ -132,3 +132,25 @@ def read_wandb_records(wandb_dir: Path) -> list:
         record.ParseFromString(raw)
         records.append(record)
     return records
+
+
+# ---------------------------------------------------------------- one trained model
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run directory of a tiny model trained and tested once (real Trainer, real Hydra
+    compose) on a tiny MVTec layout of 32 px images: ``model.ckpt``, ``scores.csv``. The
+    layout is at ``<run>/../mvtec``; its test split holds 6 normal and 2 defective images.
+    """
+    from anomalib_lite.train import train
+
+    base = tmp_path_factory.mktemp("trained")
+    root = make_mvtec(base / "mvtec", n_train=8)
+    for i in range(2, 6):
+        write_image(root / "bottle" / "test" / "good" / f"{i:03d}.png", 100 + i)
+    run = base / "run"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            f"paths.output_dir={run}", "debug=fast", "logger=none", "callbacks=none",
+            "data=bottle", f"data.root={root}", "data.val_fraction=0.25"])
+    train(cfg)
+    return run

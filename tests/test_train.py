@@ -33,7 +33,7 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
     assert "val/loss_best" in fit_metrics and fit_metrics["val/loss_best"] > 0
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk["schema_version"] == 2 and on_disk["primary_score"] == cfg.score.primary
+    assert on_disk["schema_version"] == 3 and on_disk["primary_score"] == cfg.score.primary
     assert set(cfg.score.scores) == {"l2_mean", "l1_mean", "ssim_s4_top5"}
     assert set(on_disk["scores"]) == {*cfg.score.scores, "latent_kde",
                                       f"{cfg.score.primary}+latent_kde"}
@@ -222,15 +222,17 @@ def test_saved_model_carries_the_fitted_kde_and_thresholds(fast_cfg, tmp_path):
     _, results = train(cfg)
     model = AnomalyModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
     assert model.kde is not None and model.kde.fitted
+    assert model.preprocessing == {"image_size": 32, "channels": 3}  # for predict and export
     for name, metrics in results["scores"].items():
         assert model.threshold_of(name) == pytest.approx(metrics["threshold"], rel=1e-6), name
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("test")
     with open(tmp_path / "scores.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    images = datamodule.datasets["test"].images[:5].float() / 255
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    test_set = datamodule.datasets["test"]
+    images = test_set.images[:5].float() / 255
     with torch.no_grad():
         scores = model.eval().predict_batch(images)["scores"]
     for name, values in scores.items():  # the saved model reproduces the test scores
-        expected = [float(r[name]) for r in rows[:5]]
+        expected = [float(rows[path][name]) for path in test_set.paths[:5]]
         assert values.tolist() == pytest.approx(expected, rel=1e-4, abs=1e-6), name

@@ -1,5 +1,6 @@
-"""Lightning callbacks: visual outputs of the test stage."""
+"""Callbacks: Lightning's (visual outputs of the test stage) and Hydra's (sweep tables)."""
 
+from anomalib_lite.callbacks.aggregate_sweep import AggregateSweep
 from anomalib_lite.callbacks.visual_outputs import VisualOutputs
 
-__all__ = ["VisualOutputs"]
+__all__ = ["AggregateSweep", "VisualOutputs"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from anomalib_lite.data.preprocess import Preprocessing
 from anomalib_lite.data.tensor_dataset import InMemoryAnomalyDataset
 from anomalib_lite.utils import checks
 
@@ -17,6 +18,7 @@ class InMemoryDataModule(LightningDataModule):
     """
 
     num_channels = 3
+    image_size: int  # every image is num_channels x image_size x image_size (set by subclasses)
 
     def __init__(self, batch_size: int, eval_batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -26,6 +28,11 @@ class InMemoryDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.datasets: dict[str, InMemoryAnomalyDataset] = {}
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How this datamodule's images are made; the model keeps it in its checkpoint."""
+        return Preprocessing(self.image_size, self.num_channels)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,

@@ -65,17 +65,24 @@ def image_dims(path: str | Path) -> tuple[int, int]:
         raise ImageLoadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
 
 
-def read_image_uint8(path: str | Path, size: int, channels: int = 3) -> Tensor:
-    """Image file → uint8 (C, size, size), bicubic antialiased resize; C is 3 (RGB) or 1 (L)."""
+def resize_uint8(img: Image.Image, size: int, channels: int = 3,
+                 name: str | Path = "<array>") -> Tensor:
+    """Decoded PIL image → uint8 (C, size, size): any mode to 8-bit, bicubic antialiased
+    resize; C is 3 (RGB) or 1 (L). The one pre-processing step of every image source."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
-        img = _to_8bit(_open(path)).convert("RGB" if channels == 3 else "L")
+        img = _to_8bit(img).convert("RGB" if channels == 3 else "L")
         img = img.resize((size, size), Image.Resampling.BICUBIC)
     except ValueError as err:  # a mode PIL cannot convert (e.g. LAB)
-        raise ImageLoadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+        raise ImageLoadError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
     array = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_image_uint8(path: str | Path, size: int, channels: int = 3) -> Tensor:
+    """Image file → uint8 (C, size, size) (see :func:`resize_uint8`)."""
+    return resize_uint8(_open(path), size, channels, path)
 
 
 def read_mask_bool(path: str | Path, size: int) -> Tensor:

@@ -106,6 +106,7 @@ class SpritesDataModule(InMemoryDataModule):
             foreground=tuple(float(c) for c in foreground),
         )
         self.anomaly = _anomaly_from_config(anomaly or {})
+        self.image_size = image_size
         self.sizes = {
             "train": (n_train, 0),
             "val": (n_val, 0),

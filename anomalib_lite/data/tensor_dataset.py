@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from anomalib_lite.data.batch import Sample
+from anomalib_lite.data.preprocess import to_model_input
 
 
 class InMemoryAnomalyDataset(Dataset):
@@ -33,7 +34,7 @@ class InMemoryAnomalyDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         return Sample(
-            image=self.images[index].float() / 255.0,
+            image=to_model_input(self.images[index]),
             label=self.labels[index],
             mask=self.masks[index].float(),
             path=self.paths[index],

@@ -33,6 +33,7 @@ from anomalib_lite.utils.checks import ConfigError
 from anomalib_lite.utils.instantiate import build, to_plain
 
 KDE_SCORE = "latent_kde"
+PREPROCESSING_KEY = "preprocessing"  # checkpoint key: {image_size, channels}
 PIXELS_PER_IMAGE = 1024  # pixels per normal validation image kept to fit the pixel threshold
 DEFAULT_SCORING: dict[str, Any] = {
     "scores": {"l2_mean": {"map": "l2", "reduce": "mean"},
@@ -116,6 +117,23 @@ class AnomalyModule(LightningModule):
         self.test_results: dict[str, Any] | None = None
         self.test_rows: list[dict[str, Any]] = []
         self.history: list[dict[str, float]] = []  # per epoch: losses and learning rate
+        # how input images are made (image size, channels): from the datamodule at fit/test,
+        # saved as checkpoint["preprocessing"] so that predict and export can rebuild it
+        self.preprocessing: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- checkpoint
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "preprocessing"):
+            self.preprocessing = datamodule.preprocessing.to_dict()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.preprocessing is not None:
+            checkpoint[PREPROCESSING_KEY] = dict(self.preprocessing)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a resumed fit restores after setup(): keep the datamodule's if the file has none
+        self.preprocessing = checkpoint.get(PREPROCESSING_KEY, self.preprocessing)
 
     # ----------------------------------------------------------------- inference path
     def forward(self, images: Tensor) -> Tensor:
@@ -201,6 +219,12 @@ class AnomalyModule(LightningModule):
     @property
     def combined_score(self) -> str:
         return f"{self.scorer.primary}+{KDE_SCORE}"
+
+    @property
+    def available_scores(self) -> list[str]:
+        """The scores ``predict_batch`` produces: the KDE ones only once the KDE is fitted."""
+        fitted = self.kde is not None and self.kde.fitted
+        return [n for n in self.score_names if fitted or n in self.scorer.names]
 
     def threshold_of(self, score: str) -> float:
         return float(self.thresholds[self.score_names.index(score)])
@@ -344,12 +368,12 @@ class AnomalyModule(LightningModule):
         self.test_rows = score_rows(records, self.scorer, thresholds)
         for name, metrics in self.test_results["scores"].items():
             for key in ("image_auroc", "image_pr_auc"):
-                self.log(f"test/{name}/{key}", metrics[key])
+                self.log(f"test/{name}/{key}", metrics[key], sync_dist=True)
         primary = self.test_results["scores"][self.scorer.primary]
-        self.log("test/image_auroc", primary["image_auroc"])
-        self.log("test/image_pr_auc", primary["image_pr_auc"])
+        self.log("test/image_auroc", primary["image_auroc"], sync_dist=True)
+        self.log("test/image_pr_auc", primary["image_pr_auc"], sync_dist=True)
         for key, value in self.test_results["pixel"][self.scorer.primary_map].items():
-            self.log(f"test/{key}", value)
+            self.log(f"test/{key}", value, sync_dist=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Scores, decisions at the stored thresholds and the primary map, per image."""

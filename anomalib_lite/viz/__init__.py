@@ -2,10 +2,13 @@
 
 from anomalib_lite.viz.figures import (
     gallery,
+    model_comparison,
+    overlay_figure,
     roc_pr_curves,
     save_figure,
     score_histogram,
     training_curves,
 )
 
-__all__ = ["gallery", "roc_pr_curves", "save_figure", "score_histogram", "training_curves"]
+__all__ = ["gallery", "model_comparison", "overlay_figure", "roc_pr_curves", "save_figure",
+           "score_histogram", "training_curves"]

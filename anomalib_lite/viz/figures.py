@@ -37,6 +37,24 @@ def _hwc(image: Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
 
 
+def draw_overlay(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, vmax: float) -> None:
+    """The image with the anomaly map on top, opaque where the map is high."""
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    ax.imshow(heat, cmap="jet", vmin=0, vmax=vmax, alpha=np.clip(heat / vmax, 0.0, 1.0) * 0.8)
+
+
+def overlay_figure(image: Tensor, amap: Tensor, vmax: float, title: str) -> Figure:
+    """One image (C, H, W) in [0, 1] with its anomaly map (H, W) overlaid (colour scale
+    0..``vmax``), titled ``title``: predict's per-image heatmap."""
+    fig, ax = plt.subplots(figsize=(3.2, 3.5))
+    draw_overlay(ax, _hwc(image), amap.detach().float().cpu().numpy(), vmax)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def gallery(rows: Sequence[Mapping[str, object]], map_name: str) -> Figure:
     """One row per image: input | reconstruction | anomaly map | overlay | masks.
 
@@ -57,10 +75,7 @@ def gallery(rows: Sequence[Mapping[str, object]], map_name: str) -> Figure:
             if c == 2:
                 ax.imshow(panel, cmap="inferno", vmin=0, vmax=vmax)
             elif c == 3:
-                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
-                heat = row["map"].cpu().numpy()
-                ax.imshow(heat, cmap="jet", vmin=0, vmax=vmax,
-                          alpha=np.clip(heat / vmax, 0.0, 1.0) * 0.8)  # opaque where high
+                draw_overlay(ax, panel, row["map"].cpu().numpy(), vmax)
             elif c >= 4:
                 ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
             else:
@@ -126,5 +141,26 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> Figure:
     return fig
 
 
-__all__ = ["gallery", "roc_pr_curves", "save_figure", "score_histogram",
-           "training_curves"]
+def model_comparison(matrix: Mapping[str, Mapping[str, float | None]],
+                     variants: Sequence[str], ylabel: str) -> Figure:
+    """Grouped bars: one group per category (row of ``matrix``), one bar per variant."""
+    groups = list(matrix)
+    width = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(variants)) / 2),
+                                    4.5))
+    x = np.arange(len(groups))
+    for i, name in enumerate(variants):
+        values = [matrix[g].get(name) for g in groups]
+        heights = [np.nan if v is None else float(v) for v in values]
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, heights, width, label=name)
+    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)  # chance
+    ax.set_xticks(x, groups)
+    ax.set(ylabel=ylabel, ylim=(0.0, 1.0))
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["draw_overlay", "gallery", "model_comparison", "overlay_figure", "roc_pr_curves",
+           "save_figure", "score_histogram", "training_curves"]

@@ -1,0 +1,35 @@
+"""The speed benchmark runs end to end on tiny settings and reports every figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_SPRITES
+
+from anomalib_lite.benchmark.speed import main
+
+
+def test_benchmark_measures_each_model_and_writes_json(tmp_path, capsys):
+    report = main(["--models", "sprite_ae", "--image-size", "32", "--batch-size", "4",
+                   "--steps", "2", "--warmup", "1", "--iterations", "2", "--e2e", "sprites",
+                   "--e2e-overrides", "debug=fast", *TINY_SPRITES, "callbacks=none",
+                   "--out", str(tmp_path)])
+    (row,) = report["rows"]
+    assert row["model"] == "sprite_ae" and row["parameters"] > 0
+    for key in ("train_images_per_s", "latency_batch1_ms", "images_per_s_batch32",
+                "train_peak_memory_mb", "inference_peak_memory_mb"):
+        assert row[key] > 0, key
+    e2e = row["e2e_sprites"]
+    assert e2e["status"] == "completed", e2e.get("error")
+    assert 0.0 <= e2e["image_auroc"] <= 1.0 and e2e["wall_time_s"] > 0
+    on_disk = json.loads((tmp_path / "benchmark_32px_32-true_cpu.json").read_text())
+    assert on_disk["rows"][0]["train_images_per_s"] == pytest.approx(row["train_images_per_s"])
+    assert "anomalib_lite benchmark" in capsys.readouterr().out
+
+
+def test_benchmark_refuses_unknown_models_and_missing_data_root():
+    with pytest.raises(SystemExit):
+        main(["--models", "no_such_model"])
+    with pytest.raises(SystemExit):
+        main(["--e2e", "mvtec", "--mvtec-root", ""])

@@ -160,7 +160,7 @@ def end_to_end(model: str, data: str, out: Path, args: argparse.Namespace) -> di
     results = json.loads((run_dir / "results.json").read_text())
     primary = results["primary_score"]
     return {"status": "completed", "wall_time_s": wall, "overrides": overrides,
-            "epochs": results["train"]["epochs"] + 1, "primary_score": primary,
+            "epochs": results["train"]["epochs"], "primary_score": primary,
             "image_auroc": results["scores"][primary]["image_auroc"],
             "pixel_auroc": (results["pixel"].get(results["primary_map"]) or {})
             .get("pixel_auroc")}

@@ -37,6 +37,7 @@ from anomalib_lite.utils.io import atomic_open
 RESULTS_FILE = "results.json"
 OUTPUT_DIR = "aggregate"
 DATA_KEY = "data"
+CATEGORY_KEY = "data.category"  # sweeping data=mvtec data.category=a,b is sweeping data
 KEY_ORDER = ("experiment", "model", "loss", "score")  # how variant names read
 
 
@@ -53,7 +54,8 @@ class Job:
     @property
     def category(self) -> str:
         data = ((self.results or {}).get("config") or {}).get("data") or {}
-        return str(data.get("category") or self.choices.get(DATA_KEY, "?"))
+        return str(data.get("category") or self.choices.get(CATEGORY_KEY)
+                   or self.choices.get(DATA_KEY, "?"))
 
     @property
     def scores(self) -> dict[str, Any]:
@@ -119,7 +121,7 @@ def _job_order(root: Path):
 
 def varying_keys(jobs: Sequence[Job]) -> list[str]:
     """Hydra choices that differ between jobs, other than the dataset."""
-    keys = sorted({k for job in jobs for k in job.choices} - {DATA_KEY},
+    keys = sorted({k for job in jobs for k in job.choices} - {DATA_KEY, CATEGORY_KEY},
                   key=lambda k: (KEY_ORDER.index(k) if k in KEY_ORDER else len(KEY_ORDER), k))
     varying = [k for k in keys if len({job.choices.get(k) for job in jobs}) > 1]
     return varying or (["model"] if any("model" in job.choices for job in jobs) else [])

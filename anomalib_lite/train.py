@@ -101,12 +101,26 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
                             run_info(trainer))
     # the deployable model: best weights, thresholds, normalization and fitted KDE
     trainer.save_checkpoint(output_dir / "model.ckpt", weights_only=True)
+    path = None
     if trainer.is_global_zero:
         write_scores_csv(output_dir / "scores.csv", model.test_rows)
         path = write_results(output_dir / "results.json", results)
-        print_summary(results, path)
-    finish_loggers(loggers, results)
+    try:
+        if path is not None:
+            print_summary(results, path)
+        finish_loggers(loggers, results)
+    except Exception as error:  # the results on disk are complete: never mark them failed
+        raise ReportingError(f"the run's results are complete in {output_dir}, but reporting "
+                             f"them failed: {error}", fit_metrics) from error
     return fit_metrics, results
+
+
+class ReportingError(RuntimeError):
+    """Printing or logging failed after ``results.json`` was written (it stays completed)."""
+
+    def __init__(self, message: str, fit_metrics: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.fit_metrics = fit_metrics
 
 
 def finish_loggers(loggers: list[Any], results: dict[str, Any]) -> None:
@@ -172,6 +186,11 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         fit_metrics, _ = train(cfg)
+    except ReportingError as error:
+        if not _in_multirun():
+            raise
+        log.exception("job completed, but reporting failed; the sweep goes on")
+        fit_metrics = error.fit_metrics
     except Exception as error:
         path = record_failure(cfg, error)
         if not _in_multirun():

@@ -10,11 +10,12 @@ from conftest import TINY_SPRITES
 from anomalib_lite.benchmark.speed import main
 
 
-def test_benchmark_measures_each_model_and_writes_json(tmp_path, capsys):
+def test_benchmark_measures_each_model_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out is relative to the caller, not the repo
     report = main(["--models", "sprite_ae", "--image-size", "32", "--batch-size", "4",
                    "--steps", "2", "--warmup", "1", "--iterations", "2", "--e2e", "sprites",
                    "--e2e-overrides", "debug=fast", *TINY_SPRITES, "callbacks=none",
-                   "--out", str(tmp_path)])
+                   "--out", "bench"])
     (row,) = report["rows"]
     assert row["model"] == "sprite_ae" and row["parameters"] > 0
     for key in ("train_images_per_s", "latency_batch1_ms", "images_per_s_batch32",
@@ -23,7 +24,7 @@ def test_benchmark_measures_each_model_and_writes_json(tmp_path, capsys):
     e2e = row["e2e_sprites"]
     assert e2e["status"] == "completed", e2e.get("error")
     assert 0.0 <= e2e["image_auroc"] <= 1.0 and e2e["wall_time_s"] > 0
-    on_disk = json.loads((tmp_path / "benchmark_32px_32-true_cpu.json").read_text())
+    on_disk = json.loads((tmp_path / "bench" / "benchmark_32px_32-true_cpu.json").read_text())
     assert on_disk["rows"][0]["train_images_per_s"] == pytest.approx(row["train_images_per_s"])
     assert "anomalib_lite benchmark" in capsys.readouterr().out
 

@@ -194,3 +194,19 @@ def test_sweep_launcher_and_trainer_configs_compose():
     assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert optuna.optimized_metric.startswith("val/")
     assert ddp_cpu.trainer.accelerator == "cpu" and not ddp_cpu.trainer.sync_batchnorm
+
+
+def test_a_sweep_over_data_category_is_a_sweep_over_datasets(tmp_path):
+    scores = {"l1_mean": {"image_auroc": 0.75, "image_pr_auc": 0.5}}
+    for i, (model, category) in enumerate(itertools.product(("baseline", "unet"),
+                                                              ("bottle", "cable"))):
+        run = {"status": "completed", "choices": {"model": model, "data": "mvtec"},
+               "overrides": [f"model={model}", f"data.category={category}"]}
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(
+            {"run": run, "primary_score": "l1_mean", "scores": scores,
+             "config": {"data": {"category": category}}}))
+    summary = aggregate(tmp_path)
+    assert summary["variants"] == ["model=baseline", "model=unet"]
+    overall = {r["variant"]: r for r in summary["overall"]}
+    assert overall["model=unet"]["n_categories"] == 2

@@ -236,3 +236,18 @@ def test_saved_model_carries_the_fitted_kde_and_thresholds(fast_cfg, tmp_path):
     for name, values in scores.items():  # the saved model reproduces the test scores
         expected = [float(rows[path][name]) for path in test_set.paths[:5]]
         assert values.tolist() == pytest.approx(expected, rel=1e-4, abs=1e-6), name
+
+
+def test_a_reporting_failure_after_the_results_keeps_them_completed(fast_cfg, tmp_path,
+                                                                    monkeypatch):
+    import anomalib_lite.train as train_module
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("W&B is unreachable")
+
+    monkeypatch.setattr(train_module, "finish_loggers", broken)
+    with pytest.raises(train_module.ReportingError, match="results are complete") as caught:
+        train(fast_cfg())
+    assert "val/loss_best" in caught.value.fit_metrics
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["run"]["status"] == "completed" and results["scores"]

@@ -247,6 +247,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--out", default="outputs/benchmark", help="folder for JSON and runs")
     args = parser.parse_args(argv)
+    args.out = str(Path(args.out).resolve())  # the train subprocess runs in the repo root
+    if args.mvtec_root:
+        args.mvtec_root = str(Path(args.mvtec_root).expanduser().resolve())
     args.models = [m for m in args.models.split(",") if m]
     args.e2e = [d for d in args.e2e.split(",") if d]
     unknown = [m for m in args.models if not (Path(CONFIG_DIR) / "model" / f"{m}.yaml").is_file()]

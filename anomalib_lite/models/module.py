@@ -256,7 +256,9 @@ class AnomalyModule(LightningModule):
         return sum(parts.values()), parts
 
     def on_fit_start(self) -> None:
-        self._train_generator = torch.Generator().manual_seed(self.hparams.synthesis_seed)
+        # each DDP rank draws its own anomalies (rank 0 keeps the single-process stream)
+        self._train_generator = torch.Generator().manual_seed(
+            self.hparams.synthesis_seed + 7919 * self.global_rank)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images = batch["image"]

@@ -53,6 +53,14 @@ def build_results(test_results: dict[str, Any], train_info: dict[str, Any],
             "config": config}
 
 
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The primary score's image AUROC and its map's pixel AUROC and AUPRO (None if absent)."""
+    pixel = (results.get("pixel") or {}).get(results.get("primary_map")) or {}
+    return {"primary_score": results["primary_score"],
+            "image_auroc": results["scores"][results["primary_score"]]["image_auroc"],
+            "pixel_auroc": pixel.get("pixel_auroc"), "aupro": pixel.get("aupro")}
+
+
 def failure_results(error: BaseException, config: dict[str, Any],
                     run: dict[str, Any]) -> dict[str, Any]:
     """The ``results.json`` of a run that raised ``error``."""

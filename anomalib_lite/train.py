@@ -25,6 +25,7 @@ from anomalib_lite.deploy.checkpoint import load_model
 from anomalib_lite.results import (
     build_results,
     failure_results,
+    headline,
     print_summary,
     write_results,
     write_scores_csv,
@@ -126,14 +127,11 @@ class ReportingError(RuntimeError):
 def finish_loggers(loggers: list[Any], results: dict[str, Any]) -> None:
     """Put the headline results in W&B's run summary and close the run (flushes offline)."""
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    top = headline(results)
     for logger in wandb_loggers:
-        primary = results["scores"][results["primary_score"]]
         logger.experiment.summary.update({
-            "primary_score": results["primary_score"],
-            "image_auroc": primary["image_auroc"],
-            **{f"pixel/{k}": v for k, v in results["pixel"].get(results["primary_map"],
-                                                                 {}).items()},
-        })
+            "primary_score": top["primary_score"], "image_auroc": top["image_auroc"],
+            **{f"pixel/{k}": top[k] for k in ("pixel_auroc", "aupro")}})
     if wandb_loggers:
         import wandb
 

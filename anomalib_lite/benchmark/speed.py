@@ -41,6 +41,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from anomalib_lite.data.tensor_dataset import InMemoryAnomalyDataset
+from anomalib_lite.results import headline
 from anomalib_lite.train import CONFIG_DIR
 from anomalib_lite.utils.io import write_json
 
@@ -158,12 +159,8 @@ def end_to_end(model: str, data: str, out: Path, args: argparse.Namespace) -> di
     if proc.returncode != 0:
         return {"status": "failed", "wall_time_s": wall, "error": proc.stderr[-2000:]}
     results = json.loads((run_dir / "results.json").read_text())
-    primary = results["primary_score"]
     return {"status": "completed", "wall_time_s": wall, "overrides": overrides,
-            "epochs": results["train"]["epochs"], "primary_score": primary,
-            "image_auroc": results["scores"][primary]["image_auroc"],
-            "pixel_auroc": (results["pixel"].get(results["primary_map"]) or {})
-            .get("pixel_auroc")}
+            "epochs": results["train"]["epochs"], **headline(results)}
 
 
 def benchmark_model(model: str, args: argparse.Namespace, device: torch.device,

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from anomalib_lite.results import headline
 from anomalib_lite.utils.io import write_json
 
 TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.95, "fit_minutes": 15.0}
@@ -42,14 +43,10 @@ def run_category(root: str, category: str, out: Path, overrides: list[str]) -> d
     subprocess.run(command, check=True)
     wall = time.perf_counter() - start
     results = json.loads((run_dir / "results.json").read_text())
-    primary = results["scores"][results["primary_score"]]
-    pixel = results["pixel"][results["primary_map"]]
-    config = results["config"]
-    return {"category": category, "image_auroc": primary["image_auroc"],
-            "pixel_auroc": pixel["pixel_auroc"], "aupro": pixel["aupro"],
+    return {"category": category, **headline(results),
             "fit_minutes": results["train"]["wall_time_s"] / 60, "run_minutes": wall / 60,
-            "epochs": results["train"]["epochs"], "image_size": config["data"]["image_size"],
-            "primary_score": results["primary_score"], "run_dir": str(run_dir)}
+            "epochs": results["train"]["epochs"],
+            "image_size": results["config"]["data"]["image_size"], "run_dir": str(run_dir)}
 
 
 def meets(row: dict[str, Any]) -> dict[str, bool]:

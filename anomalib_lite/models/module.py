@@ -60,6 +60,12 @@ def _gathered(metric: CatMetric) -> Tensor:
     return torch.cat([v.reshape(-1) for v in value]) if len(value) else torch.empty(0)
 
 
+def _subsample(maps: Tensor) -> Tensor:
+    """About ``PIXELS_PER_IMAGE`` evenly strided pixels of each (N, 1, H, W) map, flat."""
+    pixels = maps.flatten(1)
+    return pixels[:, ::max(1, pixels.shape[1] // PIXELS_PER_IMAGE)].reshape(-1).float()
+
+
 class AnomalyModule(LightningModule):
     """Trains ``net`` on reconstruction ``loss``; scores, thresholds and evaluates it."""
 
@@ -295,9 +301,7 @@ class AnomalyModule(LightningModule):
                  batch_size=images.shape[0])
         for name, scores in out["scores"].items():
             self.val_scores[name].update(scores[normal].float())
-        pixels = out["maps"][self.scorer.primary_map][normal].flatten(1)
-        stride = max(1, pixels.shape[1] // PIXELS_PER_IMAGE)
-        self.val_pixels.update(pixels[:, ::stride].reshape(-1).float())
+        self.val_pixels.update(_subsample(out["maps"][self.scorer.primary_map][normal]))
 
     def _synthetic_validation(self, images: Tensor, batch_idx: int) -> Tensor:
         """Fixed-seed synthetic anomalies (one per normal validation image): keeps their
@@ -311,10 +315,8 @@ class AnomalyModule(LightningModule):
         out = self.predict_batch(corrupted)
         for i, name in enumerate(self.scorer.names):
             self.val_synthetic[f"score{i}"].update(out["scores"][name].float())
-        amap = out["maps"][self.scorer.primary_map].flatten(1)
-        stride = max(1, amap.shape[1] // PIXELS_PER_IMAGE)
-        self.val_synthetic["maps"].update(amap[:, ::stride].reshape(-1).float())
-        self.val_synthetic["masks"].update(masks.flatten(1)[:, ::stride].reshape(-1).float())
+        self.val_synthetic["maps"].update(_subsample(out["maps"][self.scorer.primary_map]))
+        self.val_synthetic["masks"].update(_subsample(masks))
         return loss
 
     def on_validation_epoch_end(self) -> None:

@@ -23,6 +23,7 @@ from anomalib_lite.deploy.onnx_export import export_onnx, onnx_max_abs_diff
 from anomalib_lite.deploy.report import collect_inputs
 from anomalib_lite.train import CONFIG_DIR
 from anomalib_lite.utils.checks import one_of
+from anomalib_lite.utils.instantiate import allow_packages
 from anomalib_lite.utils.io import write_json
 
 FORMATS = ("onnx",)
@@ -46,6 +47,7 @@ def verification_images(value: str | None, preprocessing: Preprocessing) -> torc
 
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt`` as ``cfg.format``; returns the file and the parity check."""
+    allow_packages(cfg.get("allowed_packages") or [])
     model = load_model(cfg.get("ckpt"), example=EXAMPLE)
     one_of("format", cfg.get("format"), FORMATS)
     preprocessing = preprocessing_of(model, cfg.get("image_size"), cfg.ckpt)

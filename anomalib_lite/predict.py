@@ -30,6 +30,7 @@ from anomalib_lite.deploy.report import (
     summarize,
 )
 from anomalib_lite.train import CONFIG_DIR
+from anomalib_lite.utils.instantiate import allow_packages
 from anomalib_lite.utils.io import atomic_open, write_json
 from anomalib_lite.viz import overlay_figure, save_figure
 
@@ -37,7 +38,7 @@ from anomalib_lite.viz import overlay_figure, save_figure
 def overlay_scale(predictor: Predictor) -> float | None:
     """Colour-scale top shared by all overlays: twice the pixel threshold (which then sits
     mid-scale), or ``None`` (each image's own maximum) without a fitted pixel threshold."""
-    pixel = float(predictor.model.pixel_threshold)
+    pixel = float(predictor.model.post_processor.pixel_threshold)
     return 2 * pixel if math.isfinite(pixel) and pixel > 0 else None
 
 
@@ -56,6 +57,7 @@ def write_overlay(prediction: Prediction, path: Path, primary: str,
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.input`` with ``cfg.ckpt``; write the outputs; return the summary."""
+    allow_packages(cfg.get("allowed_packages") or [])
     model = load_model(cfg.get("ckpt"), example=EXAMPLE)
     files, root = collect_inputs(cfg.get("input"))
     predictor = Predictor(model, preprocessing_of(model, cfg.get("image_size"), cfg.ckpt),

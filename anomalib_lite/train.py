@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +31,7 @@ from anomalib_lite.results import (
     write_scores_csv,
 )
 from anomalib_lite.utils.checks import ConfigError
+from anomalib_lite.utils.instantiate import allow_packages
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger(__name__)
@@ -41,6 +42,21 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+
+
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    """The configured callbacks; early stopping only where the model monitors a metric."""
+    callbacks = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if not c or "_target_" not in c:
+            continue
+        if c.get("monitor", "") is None and hydra.utils.get_class(c._target_) is EarlyStopping:
+            log.info("callbacks.%s left out: the model monitors no metric (model.monitor)", name)
+            continue
+        callbacks.append(hydra.utils.instantiate(c))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses both at once
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
 
 
 def build_model(cfg: DictConfig) -> pl.LightningModule:
@@ -60,15 +76,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Fit and test as configured. Returns ``(metrics after fit, results or None)``."""
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
+    allow_packages(cfg.get("allowed_packages") or [])
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     # plain containers: datamodule hyper-parameters go into checkpoints (weights_only)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = build_model(cfg)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses both at once
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    callbacks = build_callbacks(cfg)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
                                                   logger=loggers or False)

@@ -11,14 +11,17 @@ from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from anomalib_lite.data import SpritesDataModule
-from anomalib_lite.models import AnomalyModule
+from anomalib_lite.models import AnomalyModel, AnomalyModule
 from anomalib_lite.models.components import BaselineAE, SpriteAE, UNetAE
+from anomalib_lite.models.protocol import check_model, check_monitor
+from anomalib_lite.utils import instantiate
+from anomalib_lite.utils.checks import ConfigError
 from anomalib_lite.utils.instantiate import build
 
 
 def test_default_config_composes_and_instantiates(compose_cfg):
     cfg = compose_cfg()
-    assert cfg.model.net._target_.endswith("SpriteAE")
+    assert cfg.model.net.network._target_.endswith("SpriteAE")
     assert cfg.data.batch_size == 20 and cfg.trainer.max_epochs == 10
     assert cfg.model.optimizer.lr == pytest.approx(1e-3) and cfg.loss.mse == 1.0
     assert (cfg.data.n_test_normal, cfg.data.n_test_anomalous) == (1001, 1001)
@@ -26,14 +29,14 @@ def test_default_config_composes_and_instantiates(compose_cfg):
     data = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
     assert isinstance(data, SpritesDataModule) and isinstance(model, AnomalyModule)
-    assert isinstance(model.net, SpriteAE)
+    assert isinstance(model.net.network, SpriteAE)
     assert model.scorer.primary == cfg.score.primary
 
 
 def test_overrides_reach_the_objects(compose_cfg):
     cfg = compose_cfg("loss=l1_ssim", "model.optimizer.lr=0.01", "score.primary=l1_mean")
     model = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    assert model.loss_fn.weights == {"l1": 1.0, "mse": 0.0, "ssim": 1.0}
+    assert model.net.loss.weights == {"l1": 1.0, "mse": 0.0, "ssim": 1.0}
     assert model.hparams.optimizer["lr"] == 0.01 and model.scorer.primary == "l1_mean"
 
 
@@ -69,20 +72,87 @@ def test_allowed_targets_still_build():
     assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def test_tampered_checkpoint_config_is_refused_on_load(tmp_path):
-    from anomalib_lite.models import AnomalyModule
+SPRITE_NET = {"_target_": "anomalib_lite.models.ReconstructionModel",
+              "network": {"_target_": "anomalib_lite.models.components.SpriteAE"},
+              "loss": {"_target_": "anomalib_lite.losses.ReconstructionLoss", "mse": 1}}
+PAYLOAD = {"_target_": "anomalib_lite.utils.io.os.system", "command": "touch pwned"}
 
-    model = AnomalyModule(net={"_target_": "anomalib_lite.models.components.SpriteAE"},
-                          loss={"_target_": "anomalib_lite.losses.ReconstructionLoss", "mse": 1},
-                          optimizer={"_target_": "torch.optim.Adam"})
+
+@pytest.mark.parametrize("tampered", [PAYLOAD, {**SPRITE_NET, "network": PAYLOAD},
+                                      {**SPRITE_NET, "loss": PAYLOAD}])
+def test_tampered_checkpoint_config_is_refused_on_load(tmp_path, tampered):
+    model = AnomalyModule(net=SPRITE_NET, optimizer={"_target_": "torch.optim.Adam"})
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.0",
-                "hyper_parameters": {**model.hparams, "net": {
-                    "_target_": "anomalib_lite.utils.io.os.system", "command": "touch pwned"}}},
-               path)
+                "hyper_parameters": {**model.hparams, "net": tampered}}, path)
     with pytest.raises(ValueError, match="not allowed"):
         AnomalyModule.load_from_checkpoint(path, weights_only=True)
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_a_users_own_package_is_allowed_only_when_named(tmp_path, monkeypatch):
+    package = tmp_path / "my_models"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import torch\nfrom anomalib_lite.models import AnomalyModel\n\n"
+        "class MeanModel(AnomalyModel):\n"
+        "    map_names = ('bright',)\n"
+        "    def anomaly_maps(self, images, names=None):\n"
+        "        return {'bright': images.mean(1, keepdim=True)}\n"
+        "    def fit(self, dataloader):\n"
+        "        pass\n\n"
+        "def make():\n    return MeanModel()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(instantiate, "_extra_packages", [])
+    net = {"_target_": "my_models.MeanModel"}
+    scoring = {"scores": {"b": {"map": "bright", "reduce": "max"}}, "primary": "b"}
+    with pytest.raises(ValueError, match=r"not allowed.*allowed_packages"):
+        AnomalyModule(net=net, scoring=scoring)
+    instantiate.allow_packages(["my_models"])
+    model = AnomalyModule(net=net, scoring=scoring)
+    assert model.net.fittable and not model.net.trainable and model.monitor is None
+    with pytest.raises(ValueError, match="not allowed"):  # functions stay refused
+        build({"_target_": "my_models.make"}, "model.net")
+    with pytest.raises(ValueError, match="allowed_packages"):
+        instantiate.allow_packages(["my models; rm"])
+
+
+class _NoMaps(AnomalyModel):
+    def fit(self, dataloader):
+        pass
+
+
+class _MapsOnly(AnomalyModel):
+    map_names = ("m",)
+
+    def anomaly_maps(self, images, names=None):
+        return {"m": images[:, :1]}
+
+
+class _FitOnly(_MapsOnly):
+    def fit(self, dataloader):
+        pass
+
+
+@pytest.mark.parametrize(("net", "maps", "kde", "monitor", "message"), [
+    (torch.nn.Identity(), {"m"}, False, None, "not an anomaly model"),
+    (_NoMaps(), {"m"}, False, None, r"does not implement anomaly_maps"),
+    (_MapsOnly(), {"m"}, False, None, "neither training_objective.*nor fit"),
+    (_FitOnly(), {"l1"}, False, None, r"map\(s\) \['l1'\].*its maps are \['m'\]"),
+    (_FitOnly(), {"m"}, True, None, "no embedding"),
+    (_FitOnly(), {"m"}, False, {"metric": "val/loss", "mode": "min"}, "model.monitor=null"),
+    (_FitOnly(), {"m"}, False, {"metric": "val/x", "mode": "up"}, r"min\|max"),
+])
+def test_model_capabilities_are_checked_when_built(net, maps, kde, monitor, message):
+    with pytest.raises(ConfigError, match=message):
+        check_model(net, "model.net", maps, needs_embedding=kde)
+        check_monitor(monitor, net)
+    assert check_monitor(None, _FitOnly()) is None
+
+
+def test_trainable_models_need_an_optimizer():
+    with pytest.raises(ConfigError, match=r"model\.optimizer is not set"):
+        AnomalyModule(net=SPRITE_NET)
 
 
 @pytest.mark.parametrize(("model", "net", "loss", "primary", "clip"), [
@@ -95,7 +165,7 @@ def test_model_configs_bring_their_seed_recipe(compose_cfg, model, net, loss, pr
     assert {k: v for k, v in cfg.loss.items() if k in ("l1", "mse", "ssim")} == loss
     assert cfg.score.primary == primary and cfg.trainer.gradient_clip_val == clip
     module = hydra.utils.instantiate(cfg.model, _recursive_=False)
-    assert isinstance(module.net, net)
+    assert isinstance(module.net.network, net)
 
 
 def test_command_line_beats_the_recipe(compose_cfg):

@@ -53,4 +53,4 @@ def test_ddp_two_cpu_processes_match_a_single_process_run(tmp_path):
                                                      "checkpoints/last.ckpt",
                                                      "checkpoints/epoch_000.ckpt"}
     ckpt = torch.load(ddp / "model.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["state_dict"]["thresholds"].isfinite().all()
+    assert ckpt["state_dict"]["post_processor.thresholds"].isfinite().all()

@@ -41,7 +41,7 @@ def test_wandb_offline_run_holds_config_and_metrics(fast_cfg, tmp_path, monkeypa
         if record.WhichOneof("record_type") == "config":
             config.update(items(record, "config"))
     assert config["run"]["data"]["image_size"] == 32
-    assert config["net"]["_target_"].endswith("SpriteAE")  # the model's own hparams
+    assert config["net"]["network"]["_target_"].endswith("SpriteAE")  # the model's own hparams
 
     summary = {}
     for record in records:

@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from anomalib_lite.metrics import confusion_at, image_metrics
 from anomalib_lite.scoring import Scorer, anomaly_map, fit_threshold, reduce_map, smooth_map
+from anomalib_lite.scoring.post_processor import PostProcessor
 from anomalib_lite.utils.checks import ConfigError
 
 
@@ -41,11 +42,13 @@ def test_scorer_validates_its_config():
     with pytest.raises(ConfigError, match=r"score\.primary"):
         Scorer({"a": {"map": "l1", "reduce": "mean"}}, primary="b")
     with pytest.raises(ConfigError, match=r"score\.scores\.a\.map"):
-        Scorer({"a": {"map": "nope", "reduce": "mean"}}, primary="a")
+        Scorer({"a": {"map": "", "reduce": "mean"}}, primary="a")
     scorer = Scorer({"a": {"map": "l1", "reduce": "mean"}, "b": {"map": "l1", "reduce": "max"}},
                     primary="b")
-    maps, scores = scorer(torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8))
+    maps, scores = scorer({"l1": torch.rand(3, 1, 8, 8), "other": torch.rand(3, 1, 8, 8)})
     assert set(maps) == {"l1"} and set(scores) == {"a", "b"} and scores["a"].shape == (3,)
+    with pytest.raises(ValueError, match=r"\['l1'\].*\['other'\]"):  # a map the model lacks
+        scorer({"other": torch.rand(3, 1, 8, 8)})
 
 
 def test_thresholds():
@@ -115,7 +118,7 @@ def test_scorer_keys_smoothed_maps_and_uses_them():
                      "smooth": {"map": "l1", "reduce": "max", "sigma": 2}}, primary="smooth")
     x, r = torch.zeros(1, 3, 21, 21), torch.zeros(1, 3, 21, 21)
     r[0, :, 10, 10] = 1.0
-    maps, scores = scorer(x, r)
+    maps, scores = scorer({"l1": anomaly_map(x, r, "l1")})
     assert set(maps) == {"l1", "l1_s2"} and scorer.primary_map == "l1_s2"
     assert scores["raw"].item() == pytest.approx(1.0)
     assert scores["smooth"].item() == pytest.approx(maps["l1_s2"].max().item())
@@ -141,23 +144,24 @@ def test_non_finite_scores_warn_and_give_nan():
 
 
 def test_normalization_puts_the_threshold_at_one_half():
-    from anomalib_lite.models import AnomalyModule
-
-    model = AnomalyModule(net={"_target_": "anomalib_lite.models.components.SpriteAE"},
-                          loss={"_target_": "anomalib_lite.losses.ReconstructionLoss", "mse": 1},
-                          optimizer={"_target_": "torch.optim.Adam"})
-    name = model.scorer.names[0]
-    model.thresholds[0], model.score_min[0], model.score_max[0] = 0.3, 0.1, 0.5
+    post = PostProcessor(["a", "b"], {"method": "quantile", "quantile": 0.5})
+    post.fit("a", torch.tensor([0.1, 0.3, 0.5]))  # median 0.3, range [0.1, 0.5]
     values = torch.tensor([0.3, 0.4, 0.1, 10.0, -5.0])
-    normalized = model.normalize({name: values})[name]
-    assert normalized.tolist() == pytest.approx([0.5, 0.75, 0.0, 1.0, 0.0])
+    normalized, decisions = post({"a": values})
+    assert normalized["a"].tolist() == pytest.approx([0.5, 0.75, 0.0, 1.0, 0.0])
+    assert decisions["a"].tolist() == [False, True, False, True, False]
+    assert post.threshold_of("a") == pytest.approx(0.3) and math.isnan(post.threshold_of("b"))
+    post.fit_pixels(torch.arange(101.0))
+    assert float(post.pixel_threshold) == pytest.approx(50.0)
+    with pytest.raises(ConfigError, match=r"score\.threshold\.method"):
+        PostProcessor(["a"], {"method": "otsu"})
 
 
 def test_weighted_map_combination():
     scorer = Scorer({"mix": {"map": {"l1": 0.25, "l2": 2.0}, "reduce": "mean", "sigma": 1},
                      "l1": {"map": "l1", "reduce": "mean"}}, primary="mix")
     x, r = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
-    maps, scores = scorer(x, r)
+    maps, scores = scorer({kind: anomaly_map(x, r, kind) for kind in ("l1", "l2")})
     expected = smooth_map(0.25 * anomaly_map(x, r, "l1") + 2.0 * anomaly_map(x, r, "l2"), 1)
     assert scorer.primary_map == "0.25*l1+2*l2_s1"
     assert torch.allclose(maps["0.25*l1+2*l2_s1"], expected)

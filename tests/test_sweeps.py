@@ -167,13 +167,14 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 def test_experiment_configs_reproduce_the_seeds(compose_cfg):
     seed000 = compose_cfg("experiment=seed000")
-    assert seed000.model.net._target_.endswith("BaselineAE")
+    assert seed000.model.net.network._target_.endswith("BaselineAE")
     assert seed000.data.category == "bottle" and seed000.data.image_size == 128
     assert seed000.loss.l1 == 1.0 and seed000.score.primary == "l1_mean"
     assert seed000.trainer.precision == "bf16-mixed" and seed000.task_name == "seed000"
-    assert compose_cfg("experiment=seed000", "model=unet").model.net._target_.endswith("UNetAE")
+    unet = compose_cfg("experiment=seed000", "model=unet")
+    assert unet.model.net.network._target_.endswith("UNetAE")
     seed003 = compose_cfg("experiment=seed003")
-    assert seed003.model.net._target_.endswith("SpriteAE")
+    assert seed003.model.net.network._target_.endswith("SpriteAE")
     assert seed003.score.primary == "l2_mean" and seed003.score.kde.enabled
 
 

@@ -104,22 +104,23 @@ def test_focal_loss_prefers_the_right_mask():
     assert loss(masks * 20 - 10, masks) < loss(10 - masks * 20, masks)
 
 
-def test_seg_scores_need_a_segmentation_head():
+def test_seg_scores_need_a_segmentation_head(compose_cfg):
+    cfg = compose_cfg("model=denoising_ae", "score=draem")  # no head: no seg map
+    with pytest.raises(ConfigError, match=r"map\(s\) \['seg'\].*BaselineAE|ReconstructionModel"):
+        AnomalyModule(**{k: v for k, v in cfg.model.items() if k != "_target_"})
     scorer = Scorer({"seg_max": {"map": "seg", "reduce": "max"}}, primary="seg_max")
-    x = torch.rand(2, 3, 16, 16)
-    with pytest.raises(ValueError, match="segmentation head"):
-        scorer(x, x)
-    _, scores = scorer(x, x, {"seg": torch.rand(2, 1, 16, 16)})
+    _, scores = scorer({"seg": torch.rand(2, 1, 16, 16)})
     assert scores["seg_max"].shape == (2,)
 
 
 def test_a_head_without_synthesis_is_refused(compose_cfg):
-    cfg = compose_cfg("model=draem_lite", "model.synthesis=null")
-    with pytest.raises(ConfigError, match=r"model\.synthesis"):
+    cfg = compose_cfg("model=draem_lite", "model.net.synthesis=null")
+    with pytest.raises(ConfigError, match=r"model\.net\.synthesis"):
         AnomalyModule(**{k: v for k, v in cfg.model.items() if k != "_target_"})
 
 
-TINY_NETS = ("model.net.recon_widths=[8,16,32,64]", "model.net.seg_widths=[8,16,32,64]")
+TINY_NETS = ("model.net.network.recon_widths=[8,16,32,64]",
+             "model.net.network.seg_widths=[8,16,32,64]")
 
 
 def test_draem_lite_trains_logs_synthetic_metrics_and_reloads(fast_cfg, tmp_path):
@@ -131,7 +132,7 @@ def test_draem_lite_trains_logs_synthetic_metrics_and_reloads(fast_cfg, tmp_path
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["primary_score"] == "seg_s4_max" and "seg_s4" in results["pixel"]
     model = AnomalyModule.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
-    assert isinstance(model.net, DraemLite) and model.synth is not None
+    assert isinstance(model.net.network, DraemLite) and model.net.synthesizes
     out = model.eval().predict_batch(torch.rand(2, 3, 32, 32))
     assert out["maps"]["seg_s4"].shape == (2, 1, 32, 32)
     # the score choice on synthetic validation anomalies reads the val split only
@@ -154,7 +155,7 @@ def test_targets_table_marks_the_misses():
 
 @pytest.mark.parametrize("model", ["denoising_ae", "unet_noisy_skips"])
 def test_denoising_models_train(fast_cfg, model):
-    cfg = fast_cfg(f"model={model}", "model.net.widths=[8,16,32,64]", "test=false")
+    cfg = fast_cfg(f"model={model}", "model.net.network.widths=[8,16,32,64]", "test=false")
     fit_metrics, _ = train(cfg)
     assert "val/synthetic_image_auroc" in fit_metrics and "train/seg_loss" not in fit_metrics
 
@@ -162,7 +163,7 @@ def test_denoising_models_train(fast_cfg, model):
 @pytest.mark.parametrize("data", ["bottle", "pill"])
 def test_mvtec_best_experiment_composes(compose_cfg, data):
     cfg = compose_cfg("experiment=mvtec_best", f"data={data}")
-    assert cfg.model.net._target_.endswith("DraemLite")
+    assert cfg.model.net.network._target_.endswith("DraemLite")
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs > 0
     assert cfg.score.primary.startswith("seg") and cfg.data.category == data
 

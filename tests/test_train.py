@@ -87,7 +87,7 @@ def test_best_checkpoint_holds_the_threshold_of_its_own_weights(fast_cfg):
         pixels = model.predict_batch(images)["maps"][model.scorer.primary_map].flatten(1)
     stride = max(1, pixels.shape[1] // 1024)
     expected = torch.quantile(pixels[:, ::stride].reshape(-1).double(), 0.99).item()
-    assert float(model.pixel_threshold) == pytest.approx(expected, rel=1e-5)
+    assert float(model.post_processor.pixel_threshold) == pytest.approx(expected, rel=1e-5)
 
 
 def test_threshold_is_the_quantile_of_normal_validation_scores(fast_cfg):
@@ -103,7 +103,7 @@ def test_threshold_is_the_quantile_of_normal_validation_scores(fast_cfg):
     test_set = datamodule.datasets["test"]
     images = test_set.images.float() / 255
     with torch.no_grad():
-        scores = (model.net(images) - images).square().mean(dim=(1, 2, 3))
+        scores = (model.net.reconstruct(images) - images).square().mean(dim=(1, 2, 3))
     normal = scores[test_set.labels == 0].double()
     assert model.threshold_of("l2_mean") == pytest.approx(torch.quantile(normal, 0.9).item(),
                                                           rel=1e-5)
@@ -161,9 +161,11 @@ def test_bf16_mixed_precision_trains_and_evaluates_in_float32(fast_cfg):
         reference = model.predict_batch(images)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = model.predict_batch(images)
-            quantised = model.net(images).float()
-    assert torch.equal(mixed["reconstruction"], reference["reconstruction"])
-    assert not torch.equal(quantised, reference["reconstruction"])  # bf16 would differ
+            quantised = model.net.reconstruct(images)
+        exact = model.net.reconstruct(images)
+    for key, amap in reference["maps"].items():
+        assert torch.equal(mixed["maps"][key], amap), key
+    assert not torch.equal(quantised, exact)  # bf16 would differ
     for name, scores in reference["scores"].items():
         assert torch.equal(mixed["scores"][name], scores)
 
@@ -179,7 +181,7 @@ def test_mvtec_layout_trains_and_reports_seed000_scores(fast_cfg, mvtec_root, tm
     for metrics in on_disk["scores"].values():
         assert (metrics["n_normal"], metrics["n_anomalous"]) == (2, 2)
         assert 0.0 <= metrics["image_auroc"] <= 1.0
-    assert on_disk["config"]["model"]["net"]["_target_"].endswith(
+    assert on_disk["config"]["model"]["net"]["network"]["_target_"].endswith(
         "UNetAE" if model == "unet" else "BaselineAE")
 
 

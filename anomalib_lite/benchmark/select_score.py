@@ -3,7 +3,7 @@
     python -m anomalib_lite.benchmark.select_score <run_dir> [--repeats 10]
 
 Loads ``<run_dir>/model.ckpt`` and the run's data config, pastes ``repeats`` fresh
-fixed-seed synthetic anomalies (the model's own generator, probability 1) on every normal
+fixed-seed synthetic anomalies (the model's own ``synthesize``) on every normal
 validation image, and reports for every score the image AUROC (clean validation images vs
 their corrupted copies) and for every map the pixel AUROC (synthetic masks). The
 validation split holds normal images only: no test image or label is read. The table is
@@ -36,8 +36,8 @@ def synthetic_selection(run_dir: Path, repeats: int = 10,
     data config (default: the run's ``.hydra/config.yaml``)."""
     model = AnomalyModule.load_from_checkpoint(run_dir / "model.ckpt", map_location="cpu",
                                                weights_only=True).eval()
-    if model.synth is None:
-        raise ValueError(f"{run_dir} was not trained with synthetic anomalies")
+    if not model.net.synthesizes:
+        raise ValueError(f"{run_dir}'s model makes no synthetic anomalies")
     if data_cfg is None:
         data_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data
     datamodule = hydra.utils.instantiate(data_cfg, _convert_="all")
@@ -53,7 +53,7 @@ def synthetic_selection(run_dir: Path, repeats: int = 10,
             normal[name].append(out["scores"][name])
         for r in range(repeats):
             generator = torch.Generator().manual_seed(SEED_OFFSET + 1000 * r + b)
-            corrupted, mask = model.synth(images, generator=generator, probability=1.0)
+            corrupted, mask = model.net.synthesize(images, generator)
             out = model.predict_batch(corrupted)
             for name in model.scorer.names:
                 anomalous[name].append(out["scores"][name])

@@ -89,14 +89,16 @@ class VisualOutputs(Callback):
         pl_module.eval()
         with torch.no_grad():
             out = pl_module.predict_batch(images)
+            reconstructions = pl_module.net.reconstruct(images).cpu() \
+                if pl_module.net.has_reconstruction else [None] * len(images)
         pl_module.train(was_training)
         amap = out["maps"][pl_module.scorer.primary_map][:, 0].cpu()
-        pixel_threshold = float(pl_module.pixel_threshold)
+        pixel_threshold = float(pl_module.post_processor.pixel_threshold)
         entries = []
         for i, (row, sample) in enumerate(zip(chosen, samples, strict=True)):
             kind = ("FP" if not row["label"] else "TP") if row[primary] > threshold else (
                 "FN" if row["label"] else "TN")
-            entries.append({"image": sample["image"], "reconstruction": out["reconstruction"][i],
+            entries.append({"image": sample["image"], "reconstruction": reconstructions[i],
                             "map": amap[i], "mask": sample["mask"][0],
                             "predicted_mask": (amap[i] > pixel_threshold).float(),
                             "title": f"{kind} {row['defect_type']}\n{primary}={row[primary]:.3g}"})

@@ -14,8 +14,10 @@ import re
 import zipfile
 from pathlib import Path
 
+import torch
+
 from anomalib_lite.data.preprocess import Preprocessing
-from anomalib_lite.models.module import AnomalyModule
+from anomalib_lite.models.module import FORMAT, FORMAT_KEY, AnomalyModule
 from anomalib_lite.utils.checks import ConfigError
 
 EXAMPLE_CKPT = "outputs/train/runs/<run>/model.ckpt"
@@ -53,6 +55,11 @@ def load_model(path: str | Path | None, module_class: type[AnomalyModule] = Anom
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r}: checkpoint file not found (pass the "
                               f"model.ckpt of a training run, e.g. {key}={EXAMPLE_CKPT})")
+    layout = _layout(path)
+    if layout is not None and layout != FORMAT:
+        raise CheckpointError(f"cannot use checkpoint {path}: it was written by an older "
+                              f"anomalib_lite (checkpoint layout {layout}, this version reads "
+                              f"{FORMAT}); retrain the model with this version")
     try:
         model = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -68,6 +75,15 @@ def load_model(path: str | Path | None, module_class: type[AnomalyModule] = Anom
                               f"checkpoint, or a corrupt one ({type(err).__name__}: {err})"
                               ) from None
     return model.eval()
+
+
+def _layout(path: Path) -> int | str | None:
+    """The checkpoint's layout version (``"none"`` when it has none; None if unreadable)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return checkpoint.get(FORMAT_KEY, "none") if isinstance(checkpoint, dict) else None
 
 
 def preprocessing_of(model: AnomalyModule, image_size: int | None = None,

@@ -64,8 +64,8 @@ def export_metadata(model: AnomalyModule, preprocessing: Preprocessing,
         "score_names": score_names, "primary_score": model.scorer.primary,
         "primary_map": model.scorer.primary_map,
         "thresholds": {n: _finite(model.threshold_of(n)) for n in score_names},
-        "pixel_threshold": _finite(float(model.pixel_threshold)),
-        "threshold_rule": model.scorer.threshold,
+        "pixel_threshold": _finite(float(model.post_processor.pixel_threshold)),
+        "threshold_rule": model.post_processor.rule,
     }
     return {key: json.dumps(value) for key, value in values.items()}
 

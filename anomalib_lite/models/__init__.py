@@ -1,5 +1,8 @@
-"""Networks (``components``) and the LightningModule that trains and evaluates any of them."""
+"""Anomaly models (the protocol and its families), their networks (``components``) and the
+LightningModule that trains and scores any of them."""
 
 from anomalib_lite.models.module import AnomalyModule
+from anomalib_lite.models.protocol import AnomalyModel
+from anomalib_lite.models.reconstruction import ReconstructionModel
 
-__all__ = ["AnomalyModule"]
+__all__ = ["AnomalyModel", "AnomalyModule", "ReconstructionModel"]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from anomalib_lite.utils import checks
 
+KDE_SCORE = "latent_kde"
 BANDWIDTH_GRID = np.logspace(-1.5, 1.0, 26)
 CV_FOLDS = 5
 
@@ -103,3 +104,39 @@ class LatentKDE(nn.Module):
         log_density = (torch.logsumexp(-sq / (2 * h * h), dim=1) - math.log(len(self.points))
                        - 0.5 * d * torch.log(2 * math.pi * h * h))
         return (-log_density).float()
+
+
+class KDEScores(nn.Module):
+    """The latent KDE's two image scores: ``latent_kde`` (-log density of the model's
+    embedding) and ``<primary>+latent_kde`` (the sum of the primary and KDE scores, each
+    z-normalized by their mean and std on normal validation images, kept in ``stats``)."""
+
+    def __init__(self, primary: str, n_components: int = 16, max_points: int = 2000,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.kde = LatentKDE(n_components, max_points, seed)
+        self.names = [KDE_SCORE, f"{primary}+{KDE_SCORE}"]
+        self.register_buffer("stats", torch.full((4,), float("nan"), dtype=torch.float64))
+
+    @property
+    def fitted(self) -> bool:
+        return self.kde.fitted
+
+    def _combine(self, primary: Tensor, density: Tensor) -> Tensor:
+        mu_p, sd_p, mu_k, sd_k = self.stats.to(primary.device, primary.dtype)
+        return (primary - mu_p) / sd_p.clamp_min(1e-12) + (density - mu_k) / sd_k.clamp_min(
+            1e-12)
+
+    def fit(self, train_latents: Tensor, val_latents: Tensor, val_primary: Tensor
+            ) -> dict[str, Tensor]:
+        """Fit the density on normal training latents and the z-statistics on normal
+        validation images; returns both scores of the validation images (for thresholds)."""
+        self.kde.fit(train_latents)
+        p = val_primary.double()
+        k = self.kde(val_latents).double().to(p.device)
+        self.stats = torch.stack([p.mean(), p.std(), k.mean(), k.std()]).to(self.stats)
+        return dict(zip(self.names, (k, self._combine(p, k)), strict=True))
+
+    def forward(self, latent: Tensor, primary: Tensor) -> dict[str, Tensor]:
+        density = self.kde(latent).to(primary.device)
+        return dict(zip(self.names, (density, self._combine(primary, density)), strict=True))

@@ -1,4 +1,4 @@
-"""Per-pixel anomaly maps from an image and its reconstruction, shaped (N, 1, H, W)."""
+"""Per-pixel maps shaped (N, 1, H, W): reconstruction errors, and Gaussian smoothing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import kornia
 from torch import Tensor
 
-MAP_KINDS = ("l1", "l2", "ssim")
+MAP_KINDS = ("l1", "l2", "ssim")  # the reconstruction error maps
 
 
 def anomaly_map(image: Tensor, reconstruction: Tensor, kind: str, ssim_window: int = 11) -> Tensor:

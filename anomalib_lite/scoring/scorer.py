@@ -7,23 +7,17 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from anomalib_lite.scoring.maps import MAP_KINDS, anomaly_map, smooth_map
+from anomalib_lite.scoring.maps import smooth_map
 from anomalib_lite.scoring.reductions import REDUCTIONS, reduce_map
-from anomalib_lite.scoring.threshold import THRESHOLD_METHODS
 from anomalib_lite.utils import checks
-
-# maps made by the network itself, not from (image, reconstruction): ``seg`` is the
-# sigmoid of a segmentation head (networks with ``segment``, e.g. DraemLite)
-NET_MAP_KINDS = ("seg",)
-ALL_MAP_KINDS = (*MAP_KINDS, *NET_MAP_KINDS)
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
     """``map`` smoothed by a Gaussian of ``sigma`` pixels (0: none), reduced by ``reduce``.
 
-    ``map`` is one kind (``"l1"``) or a weighted sum of kinds (``{"l1": 0.5, "ssim": 0.5}``,
-    stored as ``(("l1", 0.5), ("ssim", 0.5))``).
+    ``map`` names one of the model's maps (``"l1"``) or is a weighted sum of them
+    (``{"l1": 0.5, "ssim": 0.5}``, stored as ``(("l1", 0.5), ("ssim", 0.5))``).
     """
 
     map: str | tuple[tuple[str, float], ...]
@@ -42,15 +36,19 @@ class ScoreSpec:
         return name if not self.sigma else f"{name}_s{self.sigma:g}"
 
 
-class Scorer:
-    """Computes every configured anomaly map once and every image score from them.
+def _map_name(value: object) -> bool:
+    return isinstance(value, str) and value != "" and value.strip() == value
 
-    ``scores`` maps a score name to ``{map, reduce, k}``; ``primary`` names the score whose
-    map and threshold are the run's headline (heatmaps, decisions).
+
+class Scorer:
+    """Turns a model's named anomaly maps into every configured image score.
+
+    ``scores`` maps a score name to ``{map, reduce, k, sigma}``; ``primary`` names the score
+    whose map and threshold are the run's headline (heatmaps, decisions). Map names are the
+    model's own (checked against the model when it is built).
     """
 
-    def __init__(self, scores: Mapping[str, Mapping], primary: str, ssim_window: int = 11,
-                 threshold: Mapping | None = None) -> None:
+    def __init__(self, scores: Mapping[str, Mapping], primary: str) -> None:
         checks.require(len(scores) > 0, "score.scores", dict(scores), "at least one score")
         self.specs: dict[str, ScoreSpec] = {}
         for name, spec in scores.items():
@@ -58,13 +56,13 @@ class Scorer:
             if isinstance(spec.get("map"), Mapping):
                 weights = dict(spec["map"])
                 checks.require(len(weights) > 0 and all(
-                    kind in ALL_MAP_KINDS and isinstance(w, (int, float)) and w > 0
+                    _map_name(kind) and isinstance(w, (int, float)) and w > 0
                     for kind, w in weights.items()), f"score.scores.{name}.map", weights,
-                    f"a kind among {list(ALL_MAP_KINDS)} or a dict of positive weights per "
-                    "kind")
+                    "a map name or a dict of positive weights per map name")
                 spec["map"] = tuple((kind, float(w)) for kind, w in weights.items())
             else:
-                checks.one_of(f"score.scores.{name}.map", spec.get("map"), ALL_MAP_KINDS)
+                checks.require(_map_name(spec.get("map")), f"score.scores.{name}.map",
+                               spec.get("map"), "the name of one of the model's maps")
             checks.one_of(f"score.scores.{name}.reduce", spec.get("reduce"), REDUCTIONS)
             unknown = set(spec) - set(ScoreSpec.__dataclass_fields__)
             checks.require(not unknown, f"score.scores.{name}", sorted(unknown),
@@ -75,17 +73,6 @@ class Scorer:
             self.specs[name] = ScoreSpec(**spec)
         checks.one_of("score.primary", primary, self.specs)
         self.primary = primary
-        checks.require(isinstance(ssim_window, int) and ssim_window >= 3 and ssim_window % 2,
-                       "score.ssim_window", ssim_window, "an odd integer >= 3")
-        self.ssim_window = ssim_window
-        self.threshold = dict(threshold or {"method": "quantile", "quantile": 0.99})
-        checks.one_of("score.threshold.method", self.threshold.get("method"),
-                               THRESHOLD_METHODS)
-        checks.in_range("score.threshold.quantile", self.threshold.get("quantile", 0.99),
-                        1e-9, 1.0)
-        unknown = set(self.threshold) - {"method", "quantile", "k"}
-        checks.require(not unknown, "score.threshold", sorted(unknown),
-                       "keys among ['k', 'method', 'quantile']")
 
     @property
     def names(self) -> list[str]:
@@ -97,31 +84,21 @@ class Scorer:
         return self.specs[self.primary].map_key
 
     @property
-    def net_map_kinds(self) -> set[str]:
-        """The network-made map kinds (``seg``) some score needs."""
-        return {kind for spec in self.specs.values() for kind in spec.weights
-                if kind in NET_MAP_KINDS}
+    def map_names(self) -> set[str]:
+        """The model maps the scores use."""
+        return {kind for spec in self.specs.values() for kind in spec.weights}
 
-    def __call__(self, image: Tensor, reconstruction: Tensor,
-                 net_maps: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor],
-                                                                     dict[str, Tensor]]:
-        """Return ``(maps by map key, scores by name)`` for a batch; each map is made once.
-
-        ``net_maps`` holds the network-made maps (``seg``) by kind.
-        """
-        net_maps = net_maps or {}
-        kinds = {kind for spec in self.specs.values() for kind in spec.weights}
-        missing = sorted(kinds & set(NET_MAP_KINDS) - set(net_maps))
+    def __call__(self, model_maps: Mapping[str, Tensor]) -> tuple[dict[str, Tensor],
+                                                                  dict[str, Tensor]]:
+        """``(maps by map key, scores by name)`` from the model's maps; each map made once."""
+        missing = sorted(self.map_names - set(model_maps))
         if missing:
-            raise ValueError(f"scores use the map(s) {missing}, which only a network with a "
-                             "segmentation head makes (e.g. model=draem_lite)")
-        raw = {kind: net_maps[kind] if kind in NET_MAP_KINDS
-               else anomaly_map(image, reconstruction, kind, self.ssim_window)
-               for kind in kinds}
-        maps = {}
+            raise ValueError(f"the scores use the map(s) {missing}, but the model returned "
+                             f"only {sorted(model_maps)}")
+        maps: dict[str, Tensor] = {}
         for spec in self.specs.values():
             if spec.map_key not in maps:
-                combined = sum(w * raw[kind] for kind, w in spec.weights.items())
+                combined = sum(w * model_maps[kind] for kind, w in spec.weights.items())
                 maps[spec.map_key] = smooth_map(combined, spec.sigma)
         scores = {name: reduce_map(maps[s.map_key], s.reduce, s.k)
                   for name, s in self.specs.items()}

@@ -58,32 +58,39 @@ def overlay_figure(image: Tensor, amap: Tensor, vmax: float, title: str) -> Figu
 def gallery(rows: Sequence[Mapping[str, object]], map_name: str) -> Figure:
     """One row per image: input | reconstruction | anomaly map | overlay | masks.
 
-    Each row holds ``image``, ``reconstruction`` (C, H, W), ``map`` (H, W), ``mask`` and
-    ``predicted_mask`` (H, W) tensors and a ``title``.
+    Each row holds ``image``, ``reconstruction`` (C, H, W, or None for models without
+    one: the column is then left out), ``map`` (H, W), ``mask`` and ``predicted_mask``
+    (H, W) tensors and a ``title``.
     """
-    columns = ("input", "reconstruction", f"anomaly map ({map_name})", "overlay",
-               "ground truth", "predicted mask")
+    with_reconstruction = all(row.get("reconstruction") is not None for row in rows)
+    columns = ["input", "reconstruction", f"anomaly map ({map_name})", "overlay",
+               "ground truth", "predicted mask"]
+    if not with_reconstruction:
+        columns.remove("reconstruction")
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2 * len(columns), 2 * len(rows)),
                              squeeze=False)
     vmax = max(float(row["map"].max()) for row in rows) or 1.0
     for r, row in enumerate(rows):
         image = _hwc(row["image"])
-        panels = (image, _hwc(row["reconstruction"]), row["map"].cpu().numpy(), image,
-                  row["mask"].cpu().numpy(), row["predicted_mask"].cpu().numpy())
-        for c, panel in enumerate(panels):
+        amap = row["map"].cpu().numpy()
+        panels = {"input": image, "ground truth": row["mask"].cpu().numpy(),
+                  "predicted mask": row["predicted_mask"].cpu().numpy()}
+        if with_reconstruction:
+            panels["reconstruction"] = _hwc(row["reconstruction"])
+        for c, column in enumerate(columns):
             ax = axes[r, c]
-            if c == 2:
-                ax.imshow(panel, cmap="inferno", vmin=0, vmax=vmax)
-            elif c == 3:
-                draw_overlay(ax, panel, row["map"].cpu().numpy(), vmax)
-            elif c >= 4:
-                ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
+            if column.startswith("anomaly map"):
+                ax.imshow(amap, cmap="inferno", vmin=0, vmax=vmax)
+            elif column == "overlay":
+                draw_overlay(ax, image, amap, vmax)
+            elif column in ("ground truth", "predicted mask"):
+                ax.imshow(panels[column], cmap="gray", vmin=0, vmax=1)
             else:
-                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
+                ax.imshow(panels[column], cmap="gray" if panels[column].ndim == 2 else None)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(columns[c], fontsize=8)
+                ax.set_title(column, fontsize=8)
         axes[r, 0].set_ylabel(str(row["title"]), fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,7 +1,8 @@
 """The test stage's evaluation: per-image records in, metrics and CSV rows out.
 
-Records are gathered from every process and de-duplicated by path (distributed samplers
-pad the last batch with repeats), so the metrics equal a single-process run's.
+:class:`Evaluator` collects a record per test batch and computes the results. Records are
+gathered from every process and de-duplicated by path (distributed samplers pad the last
+batch with repeats), so the metrics equal a single-process run's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from anomalib_lite.metrics import aupro, f1_max, image_metrics, per_defect_auroc, pixel_auroc
 from anomalib_lite.scoring import Scorer
+from anomalib_lite.scoring.post_processor import PostProcessor
 
 AUPRO_FPR_LIMIT = 0.3
 
@@ -67,7 +69,8 @@ def gather_records(batches: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(records: dict[str, Any], scorer: Scorer, thresholds: dict[str, float],
-             pixel_threshold: float = float("nan")) -> dict[str, Any]:
+             pixel_threshold: float = float("nan"),
+             threshold_rule: dict[str, Any] | None = None) -> dict[str, Any]:
     """Image metrics per score, pixel metrics per anomaly map."""
     labels, defects = records["label"], records["defect_type"]
     per_score = {}
@@ -82,7 +85,7 @@ def evaluate(records: dict[str, Any], scorer: Scorer, thresholds: dict[str, floa
                    "aupro": aupro(amap, records["mask"], AUPRO_FPR_LIMIT)}
              for key, amap in records["maps"].items()}
     return {"primary_score": scorer.primary, "primary_map": scorer.primary_map,
-            "threshold_rule": scorer.threshold, "scores": per_score, "pixel": pixel,
+            "threshold_rule": threshold_rule, "scores": per_score, "pixel": pixel,
             "pixel_threshold": pixel_threshold,
             "aupro_fpr_limit": AUPRO_FPR_LIMIT}
 
@@ -100,3 +103,23 @@ def score_rows(records: dict[str, Any], scorer: Scorer,
         row["anomalous"] = int(decisions[i])
         rows.append(row)
     return rows
+
+
+class Evaluator:
+    """Collects the test batches' records; ``compute`` gives the results and CSV rows."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+
+    def update(self, batch: dict[str, Any], scores: dict[str, Tensor],
+               maps: dict[str, Tensor]) -> None:
+        self.batches.append(batch_record(batch, scores, maps))
+
+    def compute(self, scorer: Scorer, post: PostProcessor) -> tuple[dict[str, Any],
+                                                                      list[dict[str, Any]]]:
+        """Gather every process's records, then ``(results, rows)``; resets the records."""
+        records = gather_records(self.batches)
+        self.batches = []
+        thresholds = {name: post.threshold_of(name) for name in records["scores"]}
+        results = evaluate(records, scorer, thresholds, float(post.pixel_threshold), post.rule)
+        return results, score_rows(records, scorer, thresholds)

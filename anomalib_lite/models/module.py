@@ -221,7 +221,7 @@ class AnomalyModule(LightningModule):
     def on_train_epoch_end(self) -> None:
         metrics = self.trainer.callback_metrics
         entry = {"epoch": float(self.current_epoch)}
-        if self.trainer.optimizers:
+        if self.hparams.optimizer:
             entry["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         for key, name in (("train/loss_epoch", "train/loss"), ("val/loss", "val/loss")):
             if key in metrics:

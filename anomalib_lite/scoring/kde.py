@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from anomalib_lite.utils import checks
+from anomalib_lite.utils.buffers import take_fitted_shapes
 
 KDE_SCORE = "latent_kde"
 BANDWIDTH_GRID = np.logspace(-1.5, 1.0, 26)
@@ -61,9 +62,7 @@ class LatentKDE(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
                               **kwargs: Any) -> None:
         # fitted buffers have data-dependent shapes: take the checkpoint's shapes
-        for name in ("mean", "components", "scale", "points"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        take_fitted_shapes(self, state_dict, prefix, ("mean", "components", "scale", "points"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def project(self, latent: Tensor) -> Tensor:

@@ -55,12 +55,15 @@ class AnomalyModule(LightningModule):
     ``monitor`` (``{metric, mode}``) is the validation metric that picks the best
     checkpoint, by default the model's own (``val/loss`` for trainable models, none for
     fit-only ones); ``generator_seed`` seeds the random generator handed to the model's
-    objectives (synthetic anomalies).
+    objectives (synthetic anomalies). ``val_synthesis`` (a ``SyntheticAnomalies`` config)
+    makes the synthetic validation anomalies for any model; without it, models that
+    synthesize anomalies themselves are validated on their own (``synthesize``).
     """
 
     def __init__(self, net: Mapping, optimizer: Mapping | None = None,
                  scheduler: Mapping | None = None, scoring: Mapping | None = None,
-                 monitor: Mapping | None = None, generator_seed: int = 0) -> None:
+                 monitor: Mapping | None = None, generator_seed: int = 0,
+                 val_synthesis: Mapping | None = None) -> None:
         super().__init__()
         scoring = to_plain(scoring) if scoring is not None else DEFAULT_SCORING
         unknown = set(scoring) - set(SCORING_KEYS)
@@ -70,8 +73,11 @@ class AnomalyModule(LightningModule):
         self.save_hyperparameters({"net": to_plain(net), "optimizer": to_plain(optimizer),
                                    "scheduler": to_plain(scheduler), "scoring": scoring,
                                    "monitor": to_plain(monitor),
-                                   "generator_seed": int(generator_seed)})
+                                   "generator_seed": int(generator_seed),
+                                   "val_synthesis": to_plain(val_synthesis)})
         self.net: AnomalyModel = build(self.hparams.net, "model.net")
+        self.val_synthesis = build(self.hparams.val_synthesis, "model.val_synthesis") \
+            if val_synthesis else None
         self.scorer = Scorer(scoring["scores"], scoring["primary"])
         kde_cfg = dict(scoring.get("kde") or {})
         kde_enabled = bool(kde_cfg.pop("enabled", False))
@@ -245,9 +251,12 @@ class AnomalyModule(LightningModule):
                                                         self._val_generator(batch_idx))
             self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
                      batch_size=images.shape[0])
-        if self.net.synthesizes:  # fixed-seed synthetic anomalies, one per normal image
-            corrupted, masks = self.net.synthesize(images[normal],
-                                                   self._val_generator(batch_idx))
+        if self.val_synthesis is not None or self.net.synthesizes:
+            # fixed-seed synthetic anomalies, one per normal image
+            generator = self._val_generator(batch_idx)
+            corrupted, masks = self.net.synthesize(images[normal], generator) \
+                if self.val_synthesis is None else \
+                self.val_synthesis(images[normal], generator=generator, probability=1.0)
             synthetic = self.predict_batch(corrupted)
             self.validation_scores.update_synthetic(synthetic["scores"],
                                                     synthetic["maps"][primary_map], masks)

@@ -110,6 +110,10 @@ def test_feature_ae_trains_on_its_cache_and_scores_fresh_features():
     loss, _ = model.training_objective(batch, torch.Generator())
     error = model.anomaly_maps(images)["feature"]
     assert error.shape == (4, 1, 32, 32) and loss.item() > 0
+    model.noise = 0.5  # denoising: noisy inputs, clean targets, drawn from the generator
+    noisy = [model.training_objective(batch, torch.Generator().manual_seed(s))[0] for s in
+             (0, 0, 1)]
+    assert noisy[0] == noisy[1] != noisy[2] and noisy[0] != loss
 
 
 SPRITES = ("data=sprites", "data.image_size=64", "data.n_train=48", "data.n_val=16",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -253,3 +254,17 @@ def test_a_reporting_failure_after_the_results_keeps_them_completed(fast_cfg, tm
     assert "val/loss_best" in caught.value.fit_metrics
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["run"]["status"] == "completed" and results["scores"]
+
+
+def test_cosine_schedule_steps_every_epoch_when_validating_less_often(fast_cfg):
+    """Only a plateau scheduler waits for validation epochs; a cosine one decays each epoch."""
+    cfg = fast_cfg("model=denoising_ae", "model.net.network.widths=[8,16,32,64]",
+                   "trainer.max_epochs=4", "callbacks=none")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    trainer = Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=2,
+                      check_val_every_n_epoch=2, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=datamodule)
+    rates = [entry["lr"] for entry in model.history]
+    assert len(rates) == 4 and all(a > b for a, b in itertools.pairwise(rates)), rates

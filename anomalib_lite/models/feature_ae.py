@@ -36,17 +36,21 @@ def conv_autoencoder(channels: int, widths: Sequence[int], kernel_size: int) -> 
 
 class FeatureAE(AnomalyModel):
     """Autoencoder ``widths`` (the last is the bottleneck) with ``kernel_size`` x
-    ``kernel_size`` convolutions over the standardized features of ``backbone``."""
+    ``kernel_size`` convolutions over the standardized features of ``backbone``; with
+    ``noise`` > 0 it is trained to restore them from copies with Gaussian noise of that
+    standard deviation added (a denoising autoencoder)."""
 
     map_names = ("feature",)
 
     def __init__(self, backbone: nn.Module | Mapping, pool: int = 3,
-                 widths: Sequence[int] = (128, 64), kernel_size: int = 1) -> None:
+                 widths: Sequence[int] = (128, 64), kernel_size: int = 1,
+                 noise: float = 0.0) -> None:
         super().__init__()
         checks.require(len(widths) > 0 and all(isinstance(w, int) and w > 0 for w in widths),
                        "model.net.widths", list(widths), "a non-empty list of positive widths")
         checks.require(kernel_size in (1, 3, 5), "model.net.kernel_size", kernel_size,
                        "1, 3 or 5")
+        self.noise = checks.in_range("model.net.noise", noise, 0.0, 10.0)
         self.features = PatchFeatures(backbone, pool)
         channels = self.features.channels
         self.autoencoder = conv_autoencoder(channels, list(widths), kernel_size)
@@ -78,7 +82,11 @@ class FeatureAE(AnomalyModel):
     def training_objective(self, batch: Batch, generator: torch.Generator
                            ) -> tuple[Tensor, dict[str, Tensor]]:
         features = self._batch_features(batch)
-        loss = (self.autoencoder(features).float() - features).square().mean()
+        noisy = features
+        if self.noise:  # denoising: restore the clean features from noisy ones
+            noisy = features + self.noise * torch.randn(features.shape, generator=generator,
+                                                        device="cpu").to(features.device)
+        loss = (self.autoencoder(noisy).float() - features).square().mean()
         return loss, {}
 
     def anomaly_maps(self, images: Tensor, names: Iterable[str] | None = None

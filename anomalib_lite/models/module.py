@@ -312,9 +312,9 @@ class AnomalyModule(LightningModule):
         scheduler_cfg = dict(self.hparams.scheduler)
         monitor = scheduler_cfg.pop("monitor", self.monitor and self.monitor["metric"])
         scheduler = build(scheduler_cfg, "model.scheduler", optimizer=optimizer)
-        # step only on epochs that validate, so the monitored value exists and is fresh
-        every = self.trainer.check_val_every_n_epoch if self._trainer is not None else 1
-        config = {"scheduler": scheduler, "interval": "epoch", "frequency": every or 1}
-        if monitor:
-            config["monitor"] = monitor
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # step only on epochs that validate, so the monitored value exists and is fresh
+            every = self.trainer.check_val_every_n_epoch if self._trainer is not None else 1
+            config.update(monitor=monitor, frequency=every or 1)
         return {"optimizer": optimizer, "lr_scheduler": config}

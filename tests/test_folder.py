@@ -144,7 +144,7 @@ def test_empty_and_missing_folders_are_named(dirs: dict, tmp_path: Path):
     ({"abnormal_dirs": []}, "data.abnormal_dirs=.*a folder or a list"),
     ({"val_fraction": 0.5, "test_fraction": 0.5}, r"data.test_fraction=0.5 is invalid.*< 1 - "),
     ({"test_fraction": 0}, "data.test_fraction=0 is invalid"),
-    ({"image_size": 20}, "data.image_size=20 is invalid.*multiple of 8"),
+    ({"image_size": [20]}, r"data.image_size=\[20\] is invalid.*\[height, width\]"),
     ({"extensions": ["png"]}, "data.extensions"),
 ])
 def test_invalid_settings_name_the_key(dirs: dict, kwargs: dict, expected: str):

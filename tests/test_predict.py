@@ -211,7 +211,7 @@ def test_an_interrupted_predict_leaves_no_partial_csv(predict_cfg, trained_run, 
     monkeypatch.setattr(app, "write_overlay", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict(predict_cfg(f"input={trained_run.parent / 'mvtec'}", "batch_size=2",
-                            output_dir=out))
+                            "overwrite=true", output_dir=out))
     assert (out / "predictions.csv").read_text() == "previous run\n"
     assert sorted(p.name for p in out.iterdir()) == ["predictions.csv"]  # no temp file left
 

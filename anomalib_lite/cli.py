@@ -138,7 +138,8 @@ def key_hint(tree: Any, key: str) -> str | None:
         if close:
             meant = " or ".join(".".join([*parts[:i], c, *parts[i + 1:]]) for c in close)
             return f"{where} has no key '{part}'. Did you mean {meant}?"
-        return f"{where} has no key '{part}'; its keys are {', '.join(sorted(keys))}"
+        listed = sorted(k for k in keys if not k.startswith("_"))
+        return f"{where} has no key '{part}'; its keys are {', '.join(listed)}"
     return None
 
 

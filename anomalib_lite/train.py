@@ -59,6 +59,7 @@ from anomalib_lite.results import (
 )
 from anomalib_lite.utils.checks import ConfigError
 from anomalib_lite.utils.instantiate import allow_packages
+from anomalib_lite.utils.logs import silence_known_noise
 
 __all__ = ["CONFIG_DIR", "RunInterrupted", "main", "train"]
 log = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 def _train(cfg: DictConfig, guard: InterruptGuard
            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    silence_known_noise()
     set_torch_threads(cfg)
     allow_packages(cfg.get("allowed_packages") or [])
     if cfg.get("seed") is not None:

@@ -108,8 +108,10 @@ def split_layout(root: Path) -> dict[str, Any]:
     hint = f"\nExpected the layout:\n{SPLIT_LAYOUT}"
     for folder in (root / "train" / NORMAL_DEFECT, root / "test" / NORMAL_DEFECT):
         if not folder.is_dir():
-            raise DatasetLayoutError(f"data.root={str(root)!r}: folder {folder} not found."
-                                     f"{hint}")
+            inner = sorted(p for p in root.iterdir() if (p / "train" / NORMAL_DEFECT).is_dir())
+            meant = f" (the layout is one level down: data.root={inner[0]}?)" if inner else ""
+            raise DatasetLayoutError(f"data.root={str(root)!r}: folder {folder} not found"
+                                     f"{meant}.{hint}")
     defects = sorted(p for p in (root / "test").iterdir()
                      if p.is_dir() and p.name != NORMAL_DEFECT and not p.name.startswith("."))
     if not defects:
@@ -148,42 +150,43 @@ class FolderDataModule(FileDataModule):
                          num_workers, skip_unreadable)
         self.test_fraction = fraction("data.test_fraction", test_fraction)
         self.masked_defects: list[str] | None = None
+        dirs = {"normal_dir": normal_dir, "abnormal_dirs": abnormal_dirs, "mask_dir": mask_dir,
+                "normal_test_dir": normal_test_dir}  # the arguments stay as given (hparams)
         if root is not None and str(root) != "":
-            given = [k for k, v in (("normal_dir", normal_dir), ("abnormal_dirs", abnormal_dirs),
-                                    ("mask_dir", mask_dir), ("normal_test_dir", normal_test_dir))
-                     if v not in (None, "", [])]
+            given = [k for k, v in dirs.items() if v not in (None, "", [])]
             if given:
                 raise checks.ConfigError(
                     f"data.root={str(root)!r} reads the split layout under it, so "
                     f"{', '.join('data.' + k for k in given)} must be null: give either "
                     "data.root, or the folders (data.normal_dir, data.abnormal_dirs, ...)")
-            layout = split_layout(existing_dir("data.root", root))
-            normal_dir, abnormal_dirs = layout["normal_dir"], layout["abnormal_dirs"]
-            mask_dir, normal_test_dir = layout["mask_dir"], layout["normal_test_dir"]
-            self.masked_defects = layout["masked_defects"]
-        self.normal_test_dir = None if normal_test_dir in (None, "") else \
-            existing_dir("data.normal_test_dir", normal_test_dir)
+            dirs = split_layout(existing_dir("data.root", root))
+            self.masked_defects = dirs.pop("masked_defects")
+        self.normal_test_dir = None if dirs["normal_test_dir"] in (None, "") else \
+            existing_dir("data.normal_test_dir", dirs["normal_test_dir"])
         if self.normal_test_dir is None:
             checks.require(self.val_fraction + self.test_fraction < 1, "data.test_fraction",
                            test_fraction, f"< 1 - data.val_fraction ({1 - self.val_fraction:g})")
-        checks.require(normal_dir not in (None, ""), "data.normal_dir", normal_dir,
-                       "a folder of normal images (with data.abnormal_dirs), or set data.root "
-                       "to a folder holding train/good, test/good and test/<defect_type>")
-        self.normal_dir = existing_dir("data.normal_dir", normal_dir)
-        if isinstance(abnormal_dirs, (str, Path)):
-            abnormal_dirs = [abnormal_dirs]
-        checks.require(abnormal_dirs is not None and len(abnormal_dirs) > 0, "data.abnormal_dirs",
-                       abnormal_dirs, "a folder or a list of folders of anomalous images")
-        self.abnormal_dirs = [existing_dir("data.abnormal_dirs", d) for d in abnormal_dirs]
+        checks.require(dirs["normal_dir"] not in (None, ""), "data.normal_dir",
+                       dirs["normal_dir"], "a folder of normal images (with data.abnormal_dirs), "
+                       "or set data.root to a folder holding train/good, test/good and "
+                       "test/<defect_type>")
+        self.normal_dir = existing_dir("data.normal_dir", dirs["normal_dir"])
+        abnormal = dirs["abnormal_dirs"]
+        if isinstance(abnormal, (str, Path)):
+            abnormal = [abnormal]
+        checks.require(abnormal is not None and len(abnormal) > 0, "data.abnormal_dirs",
+                       abnormal, "a folder or a list of folders of anomalous images")
+        self.abnormal_dirs = [existing_dir("data.abnormal_dirs", d) for d in abnormal]
         names = [d.name for d in self.abnormal_dirs]
         checks.require(len(set(names)) == len(names) and NORMAL_DEFECT not in names,
-                       "data.abnormal_dirs", [str(d) for d in abnormal_dirs],
+                       "data.abnormal_dirs", [str(d) for d in abnormal],
                        f"folders with distinct names other than {NORMAL_DEFECT!r} (each "
                        "folder's name is its defect type)")
         checks.require(self.normal_dir.resolve() not in {d.resolve() for d in self.abnormal_dirs},
-                       "data.abnormal_dirs", [str(d) for d in abnormal_dirs],
+                       "data.abnormal_dirs", [str(d) for d in abnormal],
                        "folders other than data.normal_dir")
-        self.mask_dir = None if mask_dir is None else existing_dir("data.mask_dir", mask_dir)
+        self.mask_dir = None if dirs["mask_dir"] is None else \
+            existing_dir("data.mask_dir", dirs["mask_dir"])
         checks.require(len(extensions) > 0 and all(str(e).startswith(".") for e in extensions),
                        "data.extensions", list(extensions), "file suffixes such as ['.png']")
         self.extensions = tuple(str(e).lower() for e in extensions)

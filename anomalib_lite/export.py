@@ -84,10 +84,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         result["max_abs_diff"] = onnx_max_abs_diff(path, model, images)
         result["verified_on"] = verified_on
         skipped = verified_on["skipped"]
-        of = f" of {verified_on['source']}" if cfg.get("verify_input") else ""
-        console.print(f"onnxruntime vs PyTorch on {verified_on['images']} images{of}, max abs "
-                      "difference: " + ", ".join(f"{k} {v:.3g}"
-                                                 for k, v in result["max_abs_diff"].items()),
+        on = f"{verified_on['images']} images of {verified_on['source']}" \
+            if cfg.get("verify_input") else verified_on["source"]
+        diffs = ", ".join(f"{k} {v:.3g}" for k, v in result["max_abs_diff"].items())
+        console.print(f"onnxruntime vs PyTorch on {on}, max abs difference: {diffs}",
                       highlight=False)
         if skipped:
             console.print(f"{len(skipped)} file(s) of verify_input could not be read and were "

@@ -106,6 +106,8 @@ def test_export_cli_writes_into_the_run_directory(trained_run, tmp_path):
     report = json.loads((tmp_path / "run" / "export.json").read_text())
     assert report["max_abs_diff"]["anomaly_map"] < 1e-4
     assert "onnxruntime vs PyTorch" in proc.stdout
+    assert "onnxruntime vs PyTorch on 4 seeded random images" in \
+        (tmp_path / "run" / "export.log").read_text()
 
 
 def test_verification_says_how_many_images_it_compared_on(compose_cfg, trained_run, tmp_path):

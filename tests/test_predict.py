@@ -227,6 +227,8 @@ def test_predict_cli_writes_into_the_run_directory(trained_run, tmp_path):
     assert row["status"] == "ok" and (tmp_path / "run" / "overlays" / "001.png").is_file()
     assert (tmp_path / "run" / ".hydra" / "overrides.yaml").is_file()
     assert "Predictions" in proc.stdout
+    log = (tmp_path / "run" / "predict.log").read_text()
+    assert "run directory:" in log and "Predictions" in log and "predictions written" in log
 
 
 def test_a_run_directory_with_predictions_is_refused_unless_overwritten(predict_cfg, trained_run,

@@ -26,15 +26,13 @@ def test_every_package_is_in_the_wheel_list():
 
 
 def copy_sources(destination: Path) -> Path:
-    """The checkout's tracked and new files (not its build outputs or virtual environments)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
-                            check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
+    """What the wheel is built from: pyproject.toml, the README, the package and conf/."""
+    destination.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, destination / name)
+    for name in ("anomalib_lite", "conf"):
+        shutil.copytree(REPO_ROOT / name, destination / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return destination
 
 

@@ -101,7 +101,7 @@ _OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
 _MIRROR = re.compile(r"\$\{([\w.]+)\}")
 
 
-def _group_choices(config_name: str, argv: list[str]) -> list[str]:
+def _group_choices(argv: list[str]) -> list[str]:
     """The ``group=option`` overrides of ``argv`` (first option of a sweep)."""
     choices = []
     for arg in argv:
@@ -154,7 +154,7 @@ def unknown_key_message(error: BaseException, config_name: str, argv: list[str])
 
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name, overrides=_group_choices(config_name, argv))
+            cfg = compose(config_name, overrides=_group_choices(argv))
         tree = OmegaConf.to_container(cfg, resolve=False)
     except Exception:  # a hint is best effort: Hydra's own message stays
         return None

@@ -117,9 +117,11 @@ def check_input_size(model: pl.LightningModule, datamodule: pl.LightningDataModu
             if callable(getattr(network, "segment", None)):
                 network.segment(zeros, reconstruction)
     except (ValueError, RuntimeError) as error:
+        p = preprocessing
         raise ConfigError(
-            f"data.image_size={format_size(preprocessing.image_size)} does not suit the "
-            f"model's network {type(network).__name__}: {error}") from None
+            f"the model's network {type(network).__name__} cannot take the data's images "
+            f"(data.image_size={format_size(p.image_size)}: {p.channels} x {p.height} x "
+            f"{p.width}): {error}") from None
     finally:
         network.train(was_training)
 
@@ -176,7 +178,6 @@ class InterruptGuard:
         self.received: str | None = None
         self.in_trainer = False
         self.trainer: pl.Trainer | None = None
-        self.checkpoint_dir: Path | None = None
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.received = signal.Signals(signum).name
@@ -216,8 +217,7 @@ class InterruptGuard:
         if isinstance(error, SystemExit):  # Lightning exits after handling Ctrl-C
             if self.received:
                 return self.received
-            if isinstance(error.__context__, KeyboardInterrupt) or (
-                    self.trainer is not None and self.trainer.interrupted):
+            if isinstance(error.__context__, KeyboardInterrupt):
                 return "SIGINT"
         return None
 

@@ -97,9 +97,10 @@ def test_a_size_the_network_cannot_take_is_refused_before_training(fast_cfg, tmp
         train(fast_cfg("model=baseline", "data=folder", f"data.root={root}",
                        "data.image_size=[64,100]"))
     message = str(caught.value)
-    assert message.startswith("data.image_size=[64, 100] does not suit the model's network "
-                              "BaselineAE: BaselineAE needs the height and the width divisible "
-                              "by 8; got height 64, width 100: width 100 is not")
+    assert message.startswith("the model's network BaselineAE cannot take the data's images "
+                              "(data.image_size=[64, 100]: 3 x 64 x 100): BaselineAE needs the "
+                              "height and the width divisible by 8; got height 64, width 100: "
+                              "width 100 is not")
     assert not (tmp_path / "checkpoints").exists()  # nothing was trained
     with pytest.raises(ConfigError, match=r"SpriteAE needs .* divisible by 4; got height 62"):
         train(fast_cfg("data.image_size=62"))

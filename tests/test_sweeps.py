@@ -216,3 +216,14 @@ def test_a_sweep_over_data_category_is_a_sweep_over_datasets(tmp_path):
     assert summary["variants"] == ["model=baseline", "model=unet"]
     overall = {r["variant"]: r for r in summary["overall"]}
     assert overall["model=unet"]["n_categories"] == 2
+
+
+def test_an_interrupted_job_is_named_as_such(tmp_path):
+    (tmp_path / "0").mkdir()
+    record = {"schema_version": 3, "run": {"status": "interrupted", "choices": {"data": "pill"}},
+              "interrupted": {"signal": "SIGTERM", "last_checkpoint": None, "resume": None},
+              "config": {"data": {"category": "pill"}}}
+    (tmp_path / "0" / "results.json").write_text(json.dumps(record))
+    (job,) = find_jobs(tmp_path)
+    assert (job.status, job.error, job.scores) == ("interrupted", "interrupted by SIGTERM", {})
+    assert "1 jobs: 0 completed, 1 not completed" in aggregate(tmp_path)["markdown"]

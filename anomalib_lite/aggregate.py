@@ -46,7 +46,7 @@ class Job:
     """One job of a sweep: where it ran, what it was, and how it ended."""
 
     path: Path
-    status: str  # completed | failed | missing | unreadable
+    status: str  # completed | failed | interrupted | missing | unreadable
     choices: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] | None = None
     error: str = ""
@@ -96,6 +96,8 @@ def load_job(job_dir: Path) -> Job:
         choices.setdefault(key, value)
     error = (results.get("error") or {})
     message = f"{error.get('type', '')}: {error.get('message', '')}" if error else ""
+    if results.get("interrupted"):  # stopped by a signal; its record says how to resume
+        message = f"interrupted by {results['interrupted'].get('signal')}"
     return Job(job_dir, run.get("status", "completed"), choices, results, message)
 
 

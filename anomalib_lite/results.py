@@ -3,8 +3,8 @@
 ``results.json`` schema (version 3)::
 
     schema_version: 3
-    run:            {status: completed|failed, choices: {group: option} (Hydra), overrides,
-                     job_num, world_size, rank (the process that wrote the file)}
+    run:            {status: completed|failed|interrupted, choices: {group: option} (Hydra),
+                     overrides, job_num, world_size, rank (the process that wrote the file)}
     primary_score:  name of the headline score (e.g. "l2_mean")
     primary_map:    key of the primary score's anomaly map (e.g. "ssim_s4")
     threshold_rule: how thresholds were fitted ({method, quantile, k}) on normal val images
@@ -18,11 +18,17 @@
     pixel:          {map key: {pixel_auroc, aupro}}   (null where masks hold one class)
     pixel_threshold: primary-map threshold for predicted masks (normal validation pixels)
     aupro_fpr_limit: 0.3
-    train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s}
-    test_wall_time_s, config (the resolved Hydra config)
+    train:          {epochs, global_step, val_loss_best, best_checkpoint, wall_time_s (of the
+                     fit, the parts before a resume included), resumed_from (ckpt_path)}
+    data:           {skipped_unreadable: [{split, path, error}]} (data.skip_unreadable=true)
+    test_wall_time_s, config (the resolved Hydra config; nodes that only repeat another
+                     node are written as that reference: model.scoring: ${score},
+                     model.net.loss: ${loss}: set score.* and loss.*, not those)
 
 A failed run writes ``{schema_version, run: {status: failed, ...}, error: {type, message,
-traceback}, config}`` instead, so that a sweep records it and goes on.
+traceback}, config}`` instead, so that a sweep records it and goes on. An interrupted run
+(Ctrl-C, SIGTERM) writes ``{schema_version, run: {status: interrupted, ...}, interrupted:
+{signal, last_checkpoint, resume (the command that resumes it)}, config}``.
 
 NaN (undefined metrics) is written as null. ``scores.csv`` holds one row per test image:
 ``path, label, defect_type, <one column per score>, anomalous`` (primary score above its
@@ -33,24 +39,54 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import traceback
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from anomalib_lite.utils.io import atomic_open, write_json
+from anomalib_lite.utils.logs import to_log_files
 
 SCHEMA_VERSION = 3
 
 
+_REFERENCE = re.compile(r"\$\{[\w.]+\}")
+
+
+def results_config(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
+    """The run's config for ``results.json`` and the loggers: resolved, except nodes that
+    only repeat another node (``model.scoring: ${score}``, ``model.net.loss: ${loss}``),
+    which are written as that reference, so that they do not read as settable on their own.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    if not resolve:
+        return raw  # type: ignore[return-value]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    def keep_references(raw_node: Any, node: Any) -> Any:
+        if isinstance(raw_node, str) and _REFERENCE.fullmatch(raw_node) \
+                and isinstance(node, (dict, list)):
+            return raw_node
+        if isinstance(raw_node, dict) and isinstance(node, dict):
+            return {k: keep_references(raw_node.get(k), v) for k, v in node.items()}
+        if isinstance(raw_node, list) and isinstance(node, list) and len(raw_node) == len(node):
+            return [keep_references(r, v) for r, v in zip(raw_node, node, strict=True)]
+        return node
+
+    return keep_references(raw, resolved)
+
+
 def build_results(test_results: dict[str, Any], train_info: dict[str, Any],
                   test_wall_time_s: float, config: dict[str, Any],
-                  run: dict[str, Any] | None = None) -> dict[str, Any]:
+                  run: dict[str, Any] | None = None,
+                  data: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "run": run or {"status": "completed"},
-            **test_results, "train": train_info, "test_wall_time_s": test_wall_time_s,
-            "config": config}
+            **test_results, "train": train_info, **({"data": data} if data else {}),
+            "test_wall_time_s": test_wall_time_s, "config": config}
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +108,13 @@ def failure_results(error: BaseException, config: dict[str, Any],
             "error": {"type": type(cause).__name__, "message": str(cause),
                       "raised_as": type(error).__name__, "traceback": trace},
             "config": config}
+
+
+def interruption_results(interruption: dict[str, Any], config: dict[str, Any],
+                         run: dict[str, Any]) -> dict[str, Any]:
+    """The ``results.json`` of a run stopped by a signal: which, and how to resume it."""
+    return {"schema_version": SCHEMA_VERSION, "run": {**run, "status": "interrupted"},
+            "interrupted": interruption, "config": config}
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:
@@ -122,10 +165,12 @@ def pixel_table(results: dict[str, Any]) -> Table:
 
 
 def print_summary(results: dict[str, Any], path: str | Path | None = None) -> None:
-    console = Console()
+    """The tables on the console, and into the run's log file."""
+    console = Console(record=True)
     console.width = max(console.width, 120)  # logs default to 80 columns: keep rows whole
     console.print(summary_table(results))
     if results.get("pixel"):
         console.print(pixel_table(results))
     if path is not None:
         console.print(f"results written to {path}")
+    to_log_files(console.export_text())

@@ -162,7 +162,7 @@ def test_trainable_models_need_an_optimizer():
 ])
 def test_model_configs_bring_their_seed_recipe(compose_cfg, model, net, loss, primary, clip):
     cfg = compose_cfg(f"model={model}")
-    assert {k: v for k, v in cfg.loss.items() if k in ("l1", "mse", "ssim")} == loss
+    assert {k: v for k, v in cfg.loss.items() if k in ("l1", "mse", "ssim") and v} == loss
     assert cfg.score.primary == primary and cfg.trainer.gradient_clip_val == clip
     module = hydra.utils.instantiate(cfg.model, _recursive_=False)
     assert isinstance(module.net.network, net)
@@ -170,4 +170,28 @@ def test_model_configs_bring_their_seed_recipe(compose_cfg, model, net, loss, pr
 
 def test_command_line_beats_the_recipe(compose_cfg):
     cfg = compose_cfg("model=unet", "loss=mse", "trainer.gradient_clip_val=0.5")
-    assert cfg.loss.mse == 1.0 and "l1" not in cfg.loss and cfg.trainer.gradient_clip_val == 0.5
+    assert cfg.loss.mse == 1.0 and cfg.loss.l1 == 0.0 and cfg.trainer.gradient_clip_val == 0.5
+
+
+def test_every_loss_weight_can_be_set_on_any_loss(compose_cfg):
+    cfg = compose_cfg("loss=mse", "loss.l1=0.5")
+    model = hydra.utils.instantiate(cfg.model, _recursive_=False)
+    assert model.net.loss.weights == {"l1": 0.5, "mse": 1.0, "ssim": 0.0}
+    for name in ("l1", "l1_ssim", "mse", "mse_ssim", "ssim"):
+        assert {"l1", "mse", "ssim"} <= set(compose_cfg(f"loss={name}").loss), name
+
+
+def test_partial_recipes_are_not_model_choices(compose_cfg):
+    from hydra.errors import MissingConfigException
+
+    from anomalib_lite.train import CONFIG_DIR
+
+    for partial in ("_seed000", "_synthetic", "seed000", "synthetic"):
+        with pytest.raises(MissingConfigException) as caught:
+            compose_cfg(f"model={partial}")
+        options = str(caught.value).split("Available options in 'model':")[1]
+        assert "seed000" not in options and "synthetic" not in options
+    choices = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+    assert "sprite_ae" in choices and not any(c.startswith("_") for c in choices)
+    for choice in choices:  # every choice is a whole model
+        assert compose_cfg(f"model={choice}").model.net._target_, choice

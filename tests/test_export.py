@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import onnxruntime
@@ -105,3 +106,35 @@ def test_export_cli_writes_into_the_run_directory(trained_run, tmp_path):
     report = json.loads((tmp_path / "run" / "export.json").read_text())
     assert report["max_abs_diff"]["anomaly_map"] < 1e-4
     assert "onnxruntime vs PyTorch" in proc.stdout
+    assert "onnxruntime vs PyTorch on 4 seeded random images" in \
+        (tmp_path / "run" / "export.log").read_text()
+
+
+def test_verification_says_how_many_images_it_compared_on(compose_cfg, trained_run, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = trained_run.parent / "mvtec" / "bottle" / "test" / "good"
+    for name in ("000.png", "001.png", "002.png"):
+        (images / name).write_bytes((good / name).read_bytes())
+    (images / "broken.png").write_bytes(b"not an image")
+    (images / "notes.txt").write_text("not an image either")
+    threads = torch.get_num_threads()
+    try:
+        report = export(compose_cfg(f"ckpt={trained_run / 'model.ckpt'}",
+                                    f"verify_input={images}", "torch_threads=1",
+                                    config_name="export"))
+        assert torch.get_num_threads() == 1  # export takes torch_threads like train
+    finally:
+        torch.set_num_threads(threads)
+    verified = report["verified_on"]
+    assert verified["source"] == str(images) and verified["images"] == 3
+    assert sorted(Path(s["path"]).name for s in verified["skipped"]) == ["broken.png",
+                                                                         "notes.txt"]
+    on_disk = json.loads((tmp_path / "export.json").read_text())
+    assert on_disk["verified_on"] == verified and on_disk["max_abs_diff"]["anomalous"] == 0
+    for name in ("000.png", "001.png", "002.png"):
+        (images / name).unlink()
+    with pytest.raises(ConfigError, match=r"verify_input=.*none of its 2 file\(s\) can be read"):
+        export(compose_cfg(f"ckpt={trained_run / 'model.ckpt'}", f"verify_input={images}",
+                           config_name="export", output_dir=tmp_path / "again"))
+    assert not (tmp_path / "again" / "model.onnx").exists()  # refused before exporting

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from anomalib_lite.data import FolderDataModule
-from anomalib_lite.data.file_datamodule import DatasetLayoutError
+from anomalib_lite.data.file_datamodule import DatasetLayoutError, UnreadableImagesError
 from anomalib_lite.data.image_io import ImageLoadError
 from anomalib_lite.train import CONFIG_DIR
 from anomalib_lite.utils.checks import ConfigError
@@ -144,7 +144,7 @@ def test_empty_and_missing_folders_are_named(dirs: dict, tmp_path: Path):
     ({"abnormal_dirs": []}, "data.abnormal_dirs=.*a folder or a list"),
     ({"val_fraction": 0.5, "test_fraction": 0.5}, r"data.test_fraction=0.5 is invalid.*< 1 - "),
     ({"test_fraction": 0}, "data.test_fraction=0 is invalid"),
-    ({"image_size": 20}, "data.image_size=20 is invalid.*multiple of 8"),
+    ({"image_size": [20]}, r"data.image_size=\[20\] is invalid.*\[height, width\]"),
     ({"extensions": ["png"]}, "data.extensions"),
 ])
 def test_invalid_settings_name_the_key(dirs: dict, kwargs: dict, expected: str):
@@ -174,3 +174,101 @@ def test_folder_config_composes_and_instantiates(dirs: dict):
     dm = instantiate(cfg.data, image_size=SIZE)
     dm.setup("test")
     assert isinstance(dm, FolderDataModule) and len(dm.datasets["test"]) == 2 + 4
+
+
+# ---------------------------------------------------------------- a split the user already has
+def make_split_layout(root: Path, category: str = "parts") -> Path:
+    """``train/good`` (6), ``test/good`` (2), ``test/crack`` with masks in ground_truth/,
+    ``test/dent`` without masks: MVTec-like, any names, masks optional per defect type."""
+    folder = root / category
+    for i in range(6):
+        write(folder / "train" / "good" / f"t{i}.png", random_pixels(i))
+    for i in range(2):
+        write(folder / "test" / "good" / f"g{i}.png", random_pixels(50 + i))
+        write(folder / "test" / "crack" / f"c{i}.png", random_pixels(100 + i))
+        write(folder / "ground_truth" / "crack" / f"c{i}_mask.png", square_mask(i))
+        write(folder / "test" / "dent" / f"d{i}.png", random_pixels(200 + i))
+    return folder
+
+
+def test_an_existing_split_is_used_as_it_is(tmp_path: Path, caplog):
+    folder = make_split_layout(tmp_path)
+    with caplog.at_level("WARNING", logger="anomalib_lite.data.folder"):
+        dm = FolderDataModule(root=folder, image_size=SIZE, val_fraction=0.34)
+        dm.setup("fit")
+    assert sorted(names(dm, "train") + names(dm, "val")) == [f"t{i}.png" for i in range(6)]
+    assert len(dm.datasets["val"]) == 2
+    test = dm.datasets["test"]
+    assert [Path(p).name for p in test.paths] == ["g0.png", "g1.png", "c0.png", "c1.png",
+                                                  "d0.png", "d1.png"]
+    assert test.defect_types == ["good", "good", "crack", "crack", "dent", "dent"]
+    assert test.labels.tolist() == [0, 0, 1, 1, 1, 1]
+    masked = test.masks.flatten(1).any(dim=1).tolist()
+    assert masked == [False, False, True, True, False, False]  # dent has no ground truth
+    assert "no masks for the anomalous images of dent" in caplog.text
+    # the same data given as folders: normal_test_dir keeps the normal test images apart
+    explicit = FolderDataModule(folder / "train" / "good",
+                                [folder / "test" / "crack", folder / "test" / "dent"],
+                                mask_dir=folder / "ground_truth", image_size=SIZE,
+                                val_fraction=0.34, normal_test_dir=folder / "test" / "good")
+    with pytest.raises(DatasetLayoutError, match=r"(?s)2 anomalous image.*dent/d0\.png"):
+        explicit.setup("fit")  # with mask_dir, every anomalous image needs its mask
+    explicit = FolderDataModule(folder / "train" / "good", [folder / "test" / "crack"],
+                                mask_dir=folder / "ground_truth", image_size=SIZE,
+                                val_fraction=0.34, normal_test_dir=folder / "test" / "good")
+    explicit.setup("fit")
+    assert names(explicit, "val") == names(dm, "val")
+    assert names(explicit, "test") == ["g0.png", "g1.png", "c0.png", "c1.png"]
+
+
+def test_split_layout_errors_name_the_fix(tmp_path: Path):
+    folder = make_split_layout(tmp_path)
+    with pytest.raises(ConfigError, match=r"data.root=.* data.normal_dir must be null"):
+        FolderDataModule(normal_dir=folder, root=folder)
+    with pytest.raises(DatasetLayoutError, match=r"(?s)train/good not found \(the layout is "
+                                                 r"one level down: data.root=.*parts\?\)"):
+        FolderDataModule(root=tmp_path)
+    with pytest.raises(ConfigError, match=r"data.normal_dir=None is invalid.*data.root"):
+        FolderDataModule()
+
+
+def test_the_folder_config_takes_the_split_root(tmp_path: Path):
+    folder = make_split_layout(tmp_path)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["data=folder", f"data.root={folder}"])
+    dm = instantiate(cfg.data, image_size=SIZE)
+    dm.setup("test")
+    assert len(dm.datasets["test"]) == 6
+
+
+# ---------------------------------------------------------------- unreadable and tiny files
+def test_every_unreadable_file_is_listed_before_training(dirs: dict):
+    (dirs["normal_dir"] / "n3.png").write_bytes(b"garbage" * 10)
+    (dirs["abnormal_dirs"][0] / "c1.png").write_bytes(b"")
+    with pytest.raises(UnreadableImagesError) as caught:
+        setup_dm(dirs)
+    message = str(caught.value)
+    assert message.startswith("2 of 14 image(s) of the dataset cannot be read:")
+    assert "good/n3.png" in message and "crack/c1.png" in message
+    assert "data.skip_unreadable=true" in message
+
+
+def test_unreadable_files_are_left_out_and_listed_when_asked(dirs: dict, caplog):
+    (dirs["normal_dir"] / "n3.png").write_bytes(b"garbage" * 10)
+    (dirs["abnormal_dirs"][0] / "c1.png").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="anomalib_lite.data.file_datamodule"):
+        dm = setup_dm(dirs, skip_unreadable=True)
+    every = [p for split in ("train", "val", "test") for p in dm.datasets[split].paths]
+    assert len(every) == 12 and not any(p.endswith(("n3.png", "c1.png")) for p in every)
+    assert sorted(Path(s["path"]).name for s in dm.skipped) == ["c1.png", "n3.png"]
+    assert all("cannot read image" in s["error"] for s in dm.skipped)
+    assert "2 of 14 image(s) cannot be read and are left out" in caplog.text
+    assert dm.datasets["test"].masks.shape[0] == len(dm.datasets["test"]) == 5
+
+
+def test_tiny_images_get_a_warning(dirs: dict, caplog):
+    write(dirs["normal_dir"] / "n4.png", np.zeros((1, 1, 3), dtype=np.uint8))
+    with caplog.at_level("WARNING", logger="anomalib_lite.data.file_datamodule"):
+        setup_dm(dirs)
+    assert "1 image(s) are much smaller than data.image_size=16" in caplog.text
+    assert "n4.png (1x1)" in caplog.text

@@ -211,7 +211,7 @@ def test_an_interrupted_predict_leaves_no_partial_csv(predict_cfg, trained_run, 
     monkeypatch.setattr(app, "write_overlay", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict(predict_cfg(f"input={trained_run.parent / 'mvtec'}", "batch_size=2",
-                            output_dir=out))
+                            "overwrite=true", output_dir=out))
     assert (out / "predictions.csv").read_text() == "previous run\n"
     assert sorted(p.name for p in out.iterdir()) == ["predictions.csv"]  # no temp file left
 
@@ -227,3 +227,29 @@ def test_predict_cli_writes_into_the_run_directory(trained_run, tmp_path):
     assert row["status"] == "ok" and (tmp_path / "run" / "overlays" / "001.png").is_file()
     assert (tmp_path / "run" / ".hydra" / "overrides.yaml").is_file()
     assert "Predictions" in proc.stdout
+    log = (tmp_path / "run" / "predict.log").read_text()
+    assert "run directory:" in log and "Predictions" in log and "predictions written" in log
+
+
+def test_a_run_directory_with_predictions_is_refused_unless_overwritten(predict_cfg, trained_run,
+                                                                         tmp_path):
+    import torch
+
+    test_dir = trained_run.parent / "mvtec" / "bottle" / "test"
+    threads = torch.get_num_threads()
+    try:
+        first = predict(predict_cfg(f"input={test_dir / 'good'}", "torch_threads=1"))
+        assert torch.get_num_threads() == 1  # predict takes torch_threads like train
+    finally:
+        torch.set_num_threads(threads)
+    assert first["total"] == 6
+    with pytest.raises(ConfigError, match=r"holds the predictions of an earlier run "
+                                          r"\(predictions.csv, summary.json, overlays\).*"
+                                          r"overwrite=true"):
+        predict(predict_cfg(f"input={test_dir / 'crack'}"))
+    assert len(read_csv(tmp_path / "predictions.csv")) == 6  # untouched
+    second = predict(predict_cfg(f"input={test_dir / 'crack'}", "overwrite=true"))
+    rows = read_csv(tmp_path / "predictions.csv")
+    assert second["total"] == len(rows) == 2 and all("crack" in r["path"] for r in rows)
+    overlays = sorted(p.name for p in (tmp_path / "overlays").rglob("*.png"))
+    assert overlays == ["000.png", "001.png"]  # the earlier run's six are gone, not mixed in

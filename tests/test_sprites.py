@@ -105,7 +105,7 @@ def test_split_generator_is_deterministic():
 
 @pytest.mark.parametrize(("kwargs", "key"), [
     ({"n_train": -5}, "data.n_train"),
-    ({"image_size": 30}, "data.image_size"),
+    ({"image_size": 0}, "data.image_size"),
     ({"batch_size": 0}, "data.batch_size"),
     ({"background": [0.8, 0.2]}, "data.background"),
     ({"anomaly": {"min_count": 2, "max_count": 1}}, "data.anomaly.max_count"),

@@ -24,8 +24,9 @@ FAST = ("debug=fast", "logger=none", "callbacks=none")
 def run_cli(*args: str, env: dict[str, str] | None = None,
             timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "anomalib_lite.train", *args]
+    base = {k: v for k, v in os.environ.items() if k != "MVTEC_ROOT"}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          env={**base, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -50,13 +51,16 @@ def mvtec_two(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_2x2x2(mvtec_two, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's sweep, ``-m model=baseline,unet data=bottle,pill data.root=<root>``, with
+    a loss sweep and fast settings: the root reaches the datasets that the base config does
+    not compose (it starts from data=sprites), without MVTEC_ROOT."""
     sweep = tmp_path_factory.mktemp("sweep") / "multirun"
-    proc = run_cli("-m", "model=baseline,unet", "data=bottle,pill", "loss=l1,ssim", *FAST,
-                   f"hydra.sweep.dir={sweep}", env={"MVTEC_ROOT": str(mvtec_two)})
+    proc = run_cli("-m", "model=baseline,unet", "data=bottle,pill", f"data.root={mvtec_two}",
+                   "loss=l1,ssim", *FAST, f"hydra.sweep.dir={sweep}")
     return sweep, proc
 
 
-def test_sweep_runs_every_combination_with_its_own_results(sweep_2x2x2):
+def test_sweep_runs_every_combination_with_its_own_results(sweep_2x2x2, mvtec_two):
     sweep, _ = sweep_2x2x2
     results = results_of(sweep)
     assert len(results) == 8
@@ -67,6 +71,7 @@ def test_sweep_runs_every_combination_with_its_own_results(sweep_2x2x2):
     for r in results.values():
         assert r["run"]["status"] == "completed"
         assert r["config"]["data"]["category"] == r["run"]["choices"]["data"]
+        assert r["config"]["data"]["root"] == str(mvtec_two)
         assert r["config"]["loss"][r["run"]["choices"]["loss"]] == 1.0
         assert r["scores"]["l1_mean"]["n_anomalous"] == 2
 
@@ -211,3 +216,14 @@ def test_a_sweep_over_data_category_is_a_sweep_over_datasets(tmp_path):
     assert summary["variants"] == ["model=baseline", "model=unet"]
     overall = {r["variant"]: r for r in summary["overall"]}
     assert overall["model=unet"]["n_categories"] == 2
+
+
+def test_an_interrupted_job_is_named_as_such(tmp_path):
+    (tmp_path / "0").mkdir()
+    record = {"schema_version": 3, "run": {"status": "interrupted", "choices": {"data": "pill"}},
+              "interrupted": {"signal": "SIGTERM", "last_checkpoint": None, "resume": None},
+              "config": {"data": {"category": "pill"}}}
+    (tmp_path / "0" / "results.json").write_text(json.dumps(record))
+    (job,) = find_jobs(tmp_path)
+    assert (job.status, job.error, job.scores) == ("interrupted", "interrupted by SIGTERM", {})
+    assert "1 jobs: 0 completed, 1 not completed" in aggregate(tmp_path)["markdown"]

@@ -46,6 +46,10 @@ def test_short_run_writes_complete_results(fast_cfg, tmp_path):
         assert c["tp"] + c["fn"] == 20 and c["tn"] + c["fp"] == 20
         assert metrics["threshold"] > 0
     assert on_disk["config"]["data"]["image_size"] == 32
+    # the model reads the score and loss groups by reference: written as the reference
+    assert on_disk["config"]["model"]["scoring"] == "${score}"
+    assert on_disk["config"]["model"]["net"]["loss"] == "${loss}"
+    assert on_disk["config"]["score"]["primary"] == cfg.score.primary
     assert set(on_disk["pixel"]) == {"l2", "l1", "ssim_s4"}
     kde_scores = {"latent_kde", f"{cfg.score.primary}+latent_kde"}
     assert kde_scores <= set(on_disk["scores"])
@@ -123,7 +127,17 @@ def test_cli_runs_with_overrides(tmp_path):
     assert results["primary_score"] == "l1_mean"
     assert results["config"]["loss"]["l1"] == 1.0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
-    assert "Test results" in proc.stdout
+    # the console: the run directory first, the project's tables once (not Lightning's),
+    # no third-party advertisement or deprecation of code that is not ours
+    assert proc.stdout.index(f"run directory: {tmp_path}/run") < proc.stdout.index("Test results")
+    assert proc.stdout.count("Test results") == 1 and "Test metric" not in proc.stdout
+    assert "litlogger" not in proc.stdout + proc.stderr
+    assert "LeafSpec" not in proc.stderr
+    # the run's log holds what the console showed: Lightning's messages, warnings, tables
+    log = (tmp_path / "run" / "train.log").read_text()
+    for shown in ("run directory:", "`Trainer.fit` stopped", "smaller than the logging interval",
+                  "Test results (primary score: l1_mean)", "results written to"):
+        assert shown in log, shown
 
 
 def test_cli_unknown_model_lists_the_options(tmp_path):

@@ -1,6 +1,8 @@
-"""Callbacks: Lightning's (visual outputs of the test stage) and Hydra's (sweep tables)."""
+"""Callbacks: Lightning's (visual outputs of the test stage, the state a resumed fit carries
+on) and Hydra's (sweep tables)."""
 
 from anomalib_lite.callbacks.aggregate_sweep import AggregateSweep
+from anomalib_lite.callbacks.resume_state import ResumeState
 from anomalib_lite.callbacks.visual_outputs import VisualOutputs
 
-__all__ = ["AggregateSweep", "VisualOutputs"]
+__all__ = ["AggregateSweep", "ResumeState", "VisualOutputs"]

@@ -18,7 +18,8 @@ class InMemoryDataModule(LightningDataModule):
     """
 
     num_channels = 3
-    image_size: int  # every image is num_channels x image_size x image_size (set by subclasses)
+    # every image is num_channels x H x W: image_size is a number (a square) or (height, width)
+    image_size: int | tuple[int, int]
 
     def __init__(self, batch_size: int, eval_batch_size: int, num_workers: int) -> None:
         super().__init__()

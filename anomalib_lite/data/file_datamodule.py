@@ -7,6 +7,7 @@ in-memory uint8 cache (:class:`InMemoryAnomalyDataset`) and serves the dataloade
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +22,13 @@ from torch import Tensor
 from anomalib_lite.data.base import InMemoryDataModule
 from anomalib_lite.data.batch import NORMAL_DEFECT
 from anomalib_lite.data.image_io import (
+    ImageLoadError,
     image_dims,
-    read_image_uint8,
+    read_image_with_dims,
     read_mask_bool,
+    size_hw,
 )
+from anomalib_lite.data.preprocess import format_size, image_size_hw
 from anomalib_lite.data.tensor_dataset import InMemoryAnomalyDataset
 from anomalib_lite.utils import checks
 
@@ -33,6 +37,7 @@ SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": SPLITS, "validate": ("val",), "test": ("test",), "predict": ("test",)}
 MAX_DECODE_THREADS = 8
 MAX_LISTED = 5  # files named in one error message
+log = logging.getLogger(__name__)
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -131,30 +136,72 @@ def check_mask_matches(record: FileRecord) -> None:
                                  f"is {w}x{h}: the mask does not belong to the image")
 
 
-def _decode(record: FileRecord, size: int, channels: int) -> tuple[Tensor, Tensor | None]:
-    check_mask_matches(record)
-    mask = None if record.mask is None else read_mask_bool(record.mask, size)
-    return read_image_uint8(record.image, size, channels), mask
+UPSCALE_WARNING = 4  # warn about images upscaled more than this on a side
 
 
-def decode_records(records: Sequence[FileRecord], size: int,
-                   channels: int = 3) -> InMemoryAnomalyDataset:
-    """Decode every file once (threads; PIL releases the GIL) into an in-memory uint8 dataset.
+class UnreadableImagesError(ImageLoadError):
+    """Files of the dataset cannot be read; the message lists every one and the fix."""
+
+
+@dataclass
+class Decoded:
+    """A decoded split: the readable images, the unreadable files and the tiny images."""
+
+    dataset: InMemoryAnomalyDataset
+    unreadable: list[tuple[FileRecord, str]]  # record, reason
+    tiny: list[tuple[FileRecord, tuple[int, int]]]  # record, (width, height) on disk
+
+
+def _decode(record: FileRecord, size: tuple[int, int],
+            channels: int) -> tuple[Tensor, Tensor | None, tuple[int, int]] | str:
+    """The image, its mask and its size on disk, or why the files cannot be read."""
+    try:
+        check_mask_matches(record)
+        mask = None if record.mask is None else read_mask_bool(record.mask, size)
+        image, dims = read_image_with_dims(record.image, size, channels)
+    except ImageLoadError as err:
+        return str(err)
+    return image, mask, dims
+
+
+def decode_records(records: Sequence[FileRecord], size: int | tuple[int, int],
+                   channels: int = 3) -> Decoded:
+    """Decode every file once (threads; PIL releases the GIL) into an in-memory uint8 dataset
+    of the readable ones; the unreadable files are listed with their reason, never raised.
 
     Images without a mask file get an all-zero mask.
     """
-    images = torch.empty(len(records), channels, size, size, dtype=torch.uint8)
-    masks = torch.zeros(len(records), 1, size, size, dtype=torch.bool)
+    height, width = size_hw(size)
+    images = torch.empty(len(records), channels, height, width, dtype=torch.uint8)
+    masks = torch.zeros(len(records), 1, height, width, dtype=torch.bool)
+    readable, unreadable, tiny = [], [], []
     threads = max(1, min(MAX_DECODE_THREADS, os.cpu_count() or 1, len(records)))
     with ThreadPoolExecutor(threads) as pool:
-        decoded = pool.map(lambda r: _decode(r, size, channels), records)
-        for i, (image, mask) in enumerate(decoded):
+        decoded = pool.map(lambda r: _decode(r, (height, width), channels), records)
+        for i, (record, result) in enumerate(zip(records, decoded, strict=True)):
+            if isinstance(result, str):
+                unreadable.append((record, result))
+                continue
+            image, mask, (w, h) = result
+            readable.append(i)
             images[i] = image
             if mask is not None:
                 masks[i] = mask
+            if w * UPSCALE_WARNING < width or h * UPSCALE_WARNING < height:
+                tiny.append((record, (w, h)))
+    if unreadable:
+        keep = torch.tensor(readable, dtype=torch.long)
+        images, masks = images[keep], masks[keep]
+        records = [records[i] for i in readable]
     labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    return InMemoryAnomalyDataset(images, labels, masks, [str(r.image) for r in records],
-                                  [r.defect_type for r in records])
+    dataset = InMemoryAnomalyDataset(images, labels, masks, [str(r.image) for r in records],
+                                     [r.defect_type for r in records])
+    return Decoded(dataset, unreadable, tiny)
+
+
+def unreadable_listing(unreadable: Sequence[tuple[str, FileRecord, str]]) -> str:
+    """One line per unreadable file: its split and why it cannot be read."""
+    return "\n".join(f"  [{split}] {reason}" for split, _, reason in unreadable)
 
 
 class FileDataModule(InMemoryDataModule):
@@ -162,20 +209,26 @@ class FileDataModule(InMemoryDataModule):
 
     On the first ``setup`` all splits are listed (so a missing mask or an empty split fails
     before training); ``setup("fit")`` decodes train, val and test (a corrupt test image is
-    reported before training, not after it), ``setup("test")`` only test. Decoded images are
-    cached in memory as uint8 at ``image_size`` (N x 3 x S x S bytes per split).
+    reported before training, not after it), ``setup("test")`` only test. Every file of
+    those splits is read once: unreadable ones are listed all together (an error, or with
+    ``skip_unreadable`` a warning, and left out: :attr:`skipped`), and images upscaled
+    more than 4x get a warning. Decoded images are cached in memory as uint8 at
+    ``image_size`` (one number, or ``[height, width]``): N x 3 x H x W bytes per split.
     """
 
-    def __init__(self, image_size: int, val_fraction: float, split_seed: int, batch_size: int,
-                 eval_batch_size: int, num_workers: int) -> None:
+    def __init__(self, image_size: int | Sequence[int], val_fraction: float, split_seed: int,
+                 batch_size: int, eval_batch_size: int, num_workers: int,
+                 skip_unreadable: bool = False) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers)
-        checks.positive_int("data.image_size", image_size)
-        checks.require(image_size % 8 == 0, "data.image_size", image_size,
-                       "a multiple of 8 (the U-Net autoencoder halves the resolution 3 times)")
+        height, width = image_size_hw(image_size, "data.image_size")
         checks.non_negative_int("data.split_seed", split_seed)
-        self.image_size, self.split_seed = image_size, split_seed
+        checks.require(isinstance(skip_unreadable, bool), "data.skip_unreadable",
+                       skip_unreadable, "true or false")
+        self.image_size = height if height == width else (height, width)
+        self.split_seed, self.skip_unreadable = split_seed, skip_unreadable
         self.val_fraction = fraction("data.val_fraction", val_fraction)
         self.records: dict[str, list[FileRecord]] = {}
+        self.skipped: list[dict[str, str]] = []  # {split, path, error} left out as unreadable
 
     def list_splits(self) -> dict[str, list[FileRecord]]:
         """File records for ``train``, ``val`` and ``test`` (each non-empty)."""
@@ -188,7 +241,32 @@ class FileDataModule(InMemoryDataModule):
                 if not records.get(split):
                     raise DatasetLayoutError(f"{type(self).__name__}: the {split} split is empty")
             self.records = records
-        for split in STAGE_SPLITS.get(stage or "", SPLITS):
-            if split not in self.datasets:
-                self.datasets[split] = decode_records(self.records[split], self.image_size,
-                                                      self.num_channels)
+        splits = [s for s in STAGE_SPLITS.get(stage or "", SPLITS) if s not in self.datasets]
+        decoded = {s: decode_records(self.records[s], self.image_size, self.num_channels)
+                   for s in splits}
+        unreadable = [(s, r, why) for s in splits for r, why in decoded[s].unreadable]
+        total = sum(len(self.records[s]) for s in splits)
+        if unreadable and not self.skip_unreadable:
+            raise UnreadableImagesError(
+                f"{len(unreadable)} of {total} image(s) of the dataset cannot be read:\n"
+                f"{unreadable_listing(unreadable)}\nFix or remove these files, or set "
+                "data.skip_unreadable=true to leave them out (they are then listed in the "
+                "log and in results.json).")
+        if unreadable:
+            log.warning("data.skip_unreadable=true: %d of %d image(s) cannot be read and are "
+                        "left out:\n%s", len(unreadable), total, unreadable_listing(unreadable))
+            self.skipped += [{"split": s, "path": str(r.image), "error": why}
+                             for s, r, why in unreadable]
+        tiny = [(r, dims) for s in splits for r, dims in decoded[s].tiny]
+        if tiny:
+            listed = "\n".join(f"  {r.image} ({w}x{h})" for r, (w, h) in tiny[:MAX_LISTED * 2])
+            more = f"\n  ... and {len(tiny) - MAX_LISTED * 2} more" \
+                if len(tiny) > MAX_LISTED * 2 else ""
+            log.warning("%d image(s) are much smaller than data.image_size=%s (upscaled more "
+                        "than %dx): are they the right files?\n%s%s", len(tiny),
+                        format_size(self.image_size), UPSCALE_WARNING, listed, more)
+        for split in splits:
+            if len(decoded[split].dataset) == 0:
+                raise DatasetLayoutError(f"{type(self).__name__}: the {split} split has no "
+                                         "readable image")
+            self.datasets[split] = decoded[split].dataset

@@ -8,6 +8,7 @@ decoded once and cached in memory as uint8 at ``image_size`` (see :class:`FileDa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from anomalib_lite.data.batch import NORMAL_DEFECT
@@ -42,8 +43,9 @@ def layout_help() -> str:
     """The expected layout, where MVTec AD is published and how to point the config at it."""
     return (f"Expected the MVTec AD layout:\n{MVTEC_LAYOUT}\n"
             f"MVTec AD is published at {MVTEC_URL}; extract it and set data.root=<path> "
-            f"(the folder holding the category folders) or the environment variable "
-            f"{MVTEC_ROOT_ENV}.")
+            f"(the folder holding the category folders), paths.data_dir=<path> or the "
+            f"environment variable {MVTEC_ROOT_ENV}. For another dataset in this layout, "
+            "use data=folder data.root=<the category folder>.")
 
 
 def category_dir(root: str | Path | None, category: str) -> Path:
@@ -95,15 +97,16 @@ class MVTecDataModule(FileDataModule):
         self,
         root: str | Path | None,
         category: str,
-        image_size: int = 128,
+        image_size: int | Sequence[int] = 128,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         batch_size: int = 16,
         eval_batch_size: int = 32,
         num_workers: int = 0,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__(image_size, val_fraction, split_seed, batch_size, eval_batch_size,
-                         num_workers)
+                         num_workers, skip_unreadable)
         self.category = category
         self.folder = category_dir(root, category)
         self.save_hyperparameters()

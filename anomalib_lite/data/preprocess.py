@@ -4,11 +4,13 @@ Datamodules, ``predict`` and the exported ONNX graph all use it: an image (file,
 PIL image) is converted to 8-bit RGB and resized to the training size by
 :func:`~anomalib_lite.data.image_io.resize_uint8` (bicubic, antialiased), then scaled to
 float ``[0, 1]`` by :func:`to_model_input`. There is no mean/std normalisation. The
-training size travels in the model checkpoint (``checkpoint["preprocessing"]``).
+training size (one number for a square, or ``[height, width]``) travels in the model
+checkpoint (``checkpoint["preprocessing"]``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from anomalib_lite.data.image_io import ImageLoadError, read_image_uint8, resize_uint8
+from anomalib_lite.utils.checks import ConfigError
 
 ImageSource = str | Path | np.ndarray | Image.Image
 MAX_VALUE = 255.0  # uint8 → [0, 1]
@@ -56,18 +59,66 @@ def array_to_pil(array: np.ndarray, name: str = "<array>") -> Image.Image:
     return Image.fromarray(array)
 
 
+def image_size_hw(value: Any, key: str = "data.image_size") -> tuple[int, int]:
+    """``(height, width)`` of an image size given as one positive integer (a square) or as
+    ``[height, width]``; raises :class:`ConfigError` naming ``key`` otherwise."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if positive(value):
+        return value, value
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 \
+            and all(positive(v) for v in value):
+        return int(value[0]), int(value[1])
+    if value is not None and not isinstance(value, (str, bytes, int, float, list, tuple)):
+        try:  # e.g. an OmegaConf ListConfig
+            return image_size_hw(list(value), key)
+        except (TypeError, ConfigError):
+            pass
+    raise ConfigError(f"{key}={value!r} is invalid: expected a positive integer (a square) or "
+                      f"[height, width] (override it, e.g. {key}=128 or {key}=[256,64])")
+
+
+def format_size(size: int | tuple[int, int]) -> str:
+    """``128`` or ``[256, 64]``: an image size as it is written in the config."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return str(height) if height == width else f"[{height}, {width}]"
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model's input images are made: ``channels`` x ``image_size`` x ``image_size``."""
+    """How a model's input images are made: ``channels`` x height x width, from
+    ``image_size`` (one number for a square, or ``(height, width)``)."""
 
-    image_size: int
+    image_size: int | tuple[int, int]
     channels: int = 3
 
+    def __post_init__(self) -> None:
+        height, width = image_size_hw(self.image_size, "image_size")
+        object.__setattr__(self, "image_size", height if height == width else (height, width))
+
+    @property
+    def height(self) -> int:
+        return self.hw[0]
+
+    @property
+    def width(self) -> int:
+        return self.hw[1]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return image_size_hw(self.image_size, "image_size")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values for the checkpoint: ``image_size`` is a number or ``[height, width]``."""
+        data = asdict(self)
+        if not isinstance(self.image_size, int):
+            data["image_size"] = list(self.image_size)
+        return data
 
     def load(self, source: ImageSource, name: str | None = None) -> Tensor:
-        """A file path, array or PIL image → uint8 (C, S, S); raises :class:`ImageLoadError`."""
+        """A file path, array or PIL image → uint8 (C, H, W); raises :class:`ImageLoadError`."""
         if isinstance(source, (str, Path)):
             return read_image_uint8(source, self.image_size, self.channels)
         name = name or "<array>"

@@ -84,11 +84,13 @@ class SpritesDataModule(InMemoryDataModule):
         background: Sequence[float] = (0.0, 0.75),
         foreground: Sequence[float] = (1.0, 1.0, 1.0),
         anomaly: dict | None = None,
+        root: str | None = None,
     ) -> None:
+        """``root`` is not used (the sprites are generated): it is there so that a sweep
+        across datasets can set ``data.root`` for the ones read from disk."""
         super().__init__(batch_size, eval_batch_size, num_workers)
         for key in ("n_train", "n_val", "n_test_normal", "n_test_anomalous", "image_size"):
             checks.positive_int(f"data.{key}", locals()[key])
-        checks.require(image_size % 4 == 0, "data.image_size", image_size, "a multiple of 4")
         checks.non_negative_int("data.seed", seed)
         checks.in_range("data.sprite_extent", sprite_extent, 0.01, 0.5)
         checks.in_range("data.position_margin", position_margin, 0.0, 0.5)

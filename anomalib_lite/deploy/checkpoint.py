@@ -13,10 +13,11 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from anomalib_lite.data.preprocess import Preprocessing
+from anomalib_lite.data.preprocess import Preprocessing, image_size_hw
 from anomalib_lite.models.module import FORMAT, FORMAT_KEY, AnomalyModule
 from anomalib_lite.utils.checks import ConfigError
 
@@ -86,20 +87,23 @@ def _layout(path: Path) -> int | str | None:
     return checkpoint.get(FORMAT_KEY, "none") if isinstance(checkpoint, dict) else None
 
 
-def preprocessing_of(model: AnomalyModule, image_size: int | None = None,
+def preprocessing_of(model: AnomalyModule, image_size: Any = None,
                      source: str | Path = "the checkpoint") -> Preprocessing:
-    """The model's input pre-processing from its checkpoint; ``image_size`` overrides it.
+    """The model's input pre-processing from its checkpoint; ``image_size`` (one number or
+    ``[height, width]``) overrides it.
 
     Checkpoints written before the pre-processing was recorded need ``image_size=``.
     """
     stored = dict(model.preprocessing or {})
     if image_size is not None:
-        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-            raise ConfigError(f"image_size={image_size!r} is invalid: expected a positive "
-                              "integer, the data.image_size the model was trained with")
-        stored["image_size"] = image_size
+        try:
+            height, width = image_size_hw(image_size, "image_size")
+        except ConfigError as error:
+            raise ConfigError(f"{error}; give the data.image_size the model was trained "
+                              "with") from None
+        stored["image_size"] = height if height == width else [height, width]
     if "image_size" not in stored:
         raise ConfigError(f"{source} does not record the image size the model was trained at "
                           "(it predates that field): pass the training data.image_size, "
-                          "e.g. image_size=128")
+                          "e.g. image_size=128 or image_size=[256,64]")
     return Preprocessing(**stored)

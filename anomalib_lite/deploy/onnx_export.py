@@ -1,10 +1,11 @@
 """Export a trained model to ONNX: pre-processing, reconstruction, anomaly map and scores.
 
-The graph takes ``image``: uint8 RGB, NCHW, at the training size (``image_size`` in the
-metadata; resize first, as :class:`~anomalib_lite.data.preprocess.Preprocessing` does,
-because PIL's antialiased bicubic resize has no exact ONNX equivalent). It returns
+The graph takes ``image``: uint8 RGB, NCHW, at the training size (``height`` and ``width``
+in the metadata; ``image_size`` is the config's value, one number or [height, width];
+resize first, as :class:`~anomalib_lite.data.preprocess.Preprocessing` does, because PIL's
+antialiased bicubic resize has no exact ONNX equivalent). It returns
 
-- ``anomaly_map`` (N, 1, S, S): the primary score's map,
+- ``anomaly_map`` (N, 1, H, W): the primary score's map,
 - ``scores`` (N, K): every image score, in the order of the ``score_names`` metadata,
 - ``normalized_scores`` (N, K): in [0, 1] with the threshold at 0.5,
 - ``anomalous`` (N, K): each score above its stored threshold.
@@ -57,9 +58,10 @@ def export_metadata(model: AnomalyModule, preprocessing: Preprocessing,
     """``metadata_props``: everything a deployment needs beside the graph (JSON values)."""
     values: dict[str, Any] = {
         "producer": "anomalib_lite",
-        "input": f"image: uint8 RGB NCHW, {preprocessing.channels}x{preprocessing.image_size}"
-                 f"x{preprocessing.image_size}; the graph divides by {MAX_VALUE:g}",
-        "image_size": preprocessing.image_size, "channels": preprocessing.channels,
+        "input": f"image: uint8 RGB NCHW, {preprocessing.channels}x{preprocessing.height}"
+                 f"x{preprocessing.width}; the graph divides by {MAX_VALUE:g}",
+        "image_size": preprocessing.to_dict()["image_size"], "height": preprocessing.height,
+        "width": preprocessing.width, "channels": preprocessing.channels,
         "input_scale": 1.0 / MAX_VALUE, "outputs": list(OUTPUTS),
         "score_names": score_names, "primary_score": model.scorer.primary,
         "primary_map": model.scorer.primary_map,
@@ -77,8 +79,8 @@ def export_onnx(model: AnomalyModule, preprocessing: Preprocessing, path: str | 
 
     names = model.available_scores
     wrapper = ExportModel(model.cpu(), names)
-    size, channels = preprocessing.image_size, preprocessing.channels
-    example = torch.zeros(2, channels, size, size, dtype=torch.uint8)
+    example = torch.zeros(2, preprocessing.channels, preprocessing.height, preprocessing.width,
+                          dtype=torch.uint8)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # tracing bakes shapes, thresholds and the score set in as constants: as intended

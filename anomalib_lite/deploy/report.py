@@ -12,6 +12,7 @@ from rich.text import Text
 
 from anomalib_lite.deploy.predictor import Prediction
 from anomalib_lite.utils.checks import ConfigError
+from anomalib_lite.utils.logs import to_log_files
 
 EXAMPLE = "python -m anomalib_lite.predict ckpt=outputs/train/runs/<run>/model.ckpt input=images/"
 MAX_FAILURES_SHOWN = 20
@@ -82,7 +83,7 @@ def summarize(rows: list[dict[str, Any]], primary: str, threshold: float) -> dic
 
 def print_summary(summary: dict[str, Any], csv_path: Path) -> None:
     """The counts as a rich table, then the failures (path and reason)."""
-    console = Console()
+    console = Console(record=True)
     console.width = max(console.width, 120)
     threshold = summary["threshold"]
     table = Table(title=f"Predictions ({summary['primary_score']} > "
@@ -99,3 +100,4 @@ def print_summary(summary: dict[str, Any], csv_path: Path) -> None:
         console.print(f"{summary['failed']} of {summary['total']} images failed; "
                       "the others were scored.")
     console.print(f"predictions written to {csv_path}")
+    to_log_files(console.export_text())

@@ -46,7 +46,11 @@ def draw_overlay(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, vmax: float)
 def overlay_figure(image: Tensor, amap: Tensor, vmax: float, title: str) -> Figure:
     """One image (C, H, W) in [0, 1] with its anomaly map (H, W) overlaid (colour scale
     0..``vmax``), titled ``title``: predict's per-image heatmap."""
-    fig, ax = plt.subplots(figsize=(3.2, 3.5))
+    height, width = image.shape[-2:]
+    aspect = min(max(height / width, 0.25), 4.0)  # tall and wide images keep their shape
+    side = 3.2  # inches of the image's longer side; the title takes 0.4 more
+    size = (max(side / aspect, 1.6), side + 0.4) if aspect > 1 else (side, side * aspect + 0.4)
+    fig, ax = plt.subplots(figsize=size)
     draw_overlay(ax, _hwc(image), amap.detach().float().cpu().numpy(), vmax)
     ax.set_xticks([])
     ax.set_yticks([])

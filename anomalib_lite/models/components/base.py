@@ -14,8 +14,13 @@ def check_images(x: Tensor, channels: int, multiple: int, name: str) -> None:
             f"{name} was built for {channels} channels, got {x.shape[1]} "
             f"(set model.net.in_channels={x.shape[1]})"
         )
-    if x.shape[-2] % multiple or x.shape[-1] % multiple:
+    height, width = x.shape[-2:]
+    if height % multiple or width % multiple:
+        wrong = " and ".join(f"{side} {value}" for side, value in (("height", height),
+                                                                  ("width", width))
+                             if value % multiple)
         raise ValueError(
-            f"{name} needs height and width divisible by {multiple}, got {tuple(x.shape[-2:])} "
+            f"{name} needs the height and the width divisible by {multiple}; got height "
+            f"{height}, width {width}: {wrong} {'is' if ' and ' not in wrong else 'are'} not "
             "(change data.image_size)"
         )

@@ -1,4 +1,4 @@
-"""Issue 8's targets benchmark: train ``experiment=mvtec_best`` on each MVTec category,
+"""The from-scratch targets benchmark: train ``experiment=mvtec_best`` on each MVTec category,
 time it, and print the table beside the targets, the seed and DRAEM's published numbers.
 
     python -m anomalib_lite.benchmark.targets --root /work/shared/data/mvtec [--out DIR]

@@ -10,8 +10,9 @@ mask the image is blended with foreign content:
 
 ``out = x * (1 - m) + (beta * x + (1 - beta) * source) * m`` with the opacity ``beta``
 drawn per image, so the content changes only inside the mask ``m``. Everything runs on
-the batch tensor in torch, driven by an explicit ``torch.Generator`` (same seed, same
-anomalies), so any datamodule gets it in ``training_step`` for free.
+the batch tensor, on its device and batched (no per-image Python loop, no copy to the
+host), driven by an explicit ``torch.Generator`` (same seed, same anomalies), so any
+datamodule gets it in ``training_step`` for free.
 """
 
 from __future__ import annotations
@@ -27,105 +28,144 @@ from anomalib_lite.utils import checks
 SOURCES = ("self", "batch", "texture", "noise")
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator)
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
+             device: torch.device | str = "cpu") -> Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def _fade(t: Tensor) -> Tensor:
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def _lerp_weights(coordinate: Tensor, cells: int, times_offset: bool) -> Tensor:
+    """(n, L, cells + 1): for each pixel, the fade-interpolation weight of the two corners
+    of its cell (optionally times the pixel's offset from that corner); zero elsewhere."""
+    start = coordinate.floor().long().clamp(max=cells - 1)
+    f = coordinate - start
+    u = _fade(f)
+    near, far = 1 - u, u
+    if times_offset:
+        near, far = near * f, far * (f - 1)
+    weights = torch.zeros(*coordinate.shape, cells + 1, device=coordinate.device)
+    weights.scatter_(2, start[..., None], near[..., None])
+    return weights.scatter_(2, start[..., None] + 1, far[..., None])
+
+
+def perlin_fields(angles: Tensor, res: Tensor, height: int, width: int) -> Tensor:
+    """Perlin noise fields (n, height, width), one per image, all at once.
+
+    ``angles`` (n, Ry + 1, Rx + 1): the gradient directions at the cell corners (only the
+    first ``res[i] + 1`` rows and columns of image ``i`` are used); ``res`` (n, 2): the
+    cells per axis of each image. Values lie in about [-1, 1] (scaled by sqrt 2 as in
+    DRAEM). Perlin noise sums, over the four corners of a pixel's cell, the dot product of
+    the corner's unit gradient with the pixel's offset, weighted by the fade
+    ``6t^5 - 15t^4 + 10t^3`` of the offset along each axis. Those weights factor by axis,
+    so each field is two small matrix products:
+    ``rows(offset) @ cos @ cols^T + rows @ sin @ cols(offset)^T``.
+    """
+    device = angles.device
+    _, rows, cols = angles.shape
+    res = res.to(device=device, dtype=torch.float32)
+    y = torch.arange(height, device=device, dtype=torch.float32) * res[:, :1] / height
+    x = torch.arange(width, device=device, dtype=torch.float32) * res[:, 1:] / width
+    wy, wy_dy = _lerp_weights(y, rows - 1, False), _lerp_weights(y, rows - 1, True)
+    wx, wx_dx = _lerp_weights(x, cols - 1, False), _lerp_weights(x, cols - 1, True)
+    field = wy_dy @ angles.cos() @ wx.transpose(1, 2) + wy @ angles.sin() @ wx_dx.transpose(1, 2)
+    return math.sqrt(2) * field
+
+
+def _random_angles(res: Tensor, generator: torch.Generator | None,
+                   device: torch.device | str) -> Tensor:
+    """Uniform gradient angles for fields of ``res`` (n, 2) cells, on ``device``."""
+    rows, cols = (int(r) + 1 for r in res.max(dim=0).values)
+    return 2 * math.pi * torch.rand(len(res), rows, cols, generator=generator, device=device)
 
 
 def perlin_noise(height: int, width: int, res: tuple[int, int],
                  generator: torch.Generator | None = None) -> Tensor:
-    """One 2-D Perlin noise field (height, width) with ``res`` gradient cells per axis.
-
-    Values lie in about [-1, 1] (scaled by sqrt 2 as in DRAEM); the smooth fade
-    ``6t^5 - 15t^4 + 10t^3`` interpolates the dot products of the random unit gradients at
-    the four cell corners.
-    """
-    ry, rx = res
-    angles = 2 * math.pi * torch.rand(ry + 1, rx + 1, generator=generator)
-    grads = torch.stack([angles.cos(), angles.sin()], dim=-1)
-    y = torch.arange(height, dtype=torch.float32) * ry / height
-    x = torch.arange(width, dtype=torch.float32) * rx / width
-    yy, xx = torch.meshgrid(y, x, indexing="ij")
-    y0, x0 = yy.floor().long(), xx.floor().long()
-    fy, fx = yy - y0, xx - x0
-
-    def corner(dy: int, dx: int) -> Tensor:
-        g = grads[y0 + dy, x0 + dx]
-        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
-
-    def fade(t: Tensor) -> Tensor:
-        return t * t * t * (t * (t * 6 - 15) + 10)
-
-    uy, ux = fade(fy), fade(fx)
-    top = corner(0, 0) + ux * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + ux * (corner(1, 1) - corner(1, 0))
-    return math.sqrt(2) * (top + uy * (bottom - top))
+    """One 2-D Perlin noise field (height, width) with ``res`` gradient cells per axis."""
+    cells = torch.tensor([res])
+    return perlin_fields(_random_angles(cells, generator, "cpu"), cells, height, width)[0]
 
 
 def perlin_masks(n: int, height: int, width: int, min_scale: int = 0, max_scale: int = 5,
                  threshold: float = 0.5, min_fraction: float = 0.005,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> Tensor:
     """``n`` binary masks (n, 1, H, W) from Perlin noise thresholded at ``threshold``.
 
     Each axis gets ``2**k`` cells, ``k`` uniform in ``[min_scale, max_scale]`` (DRAEM's
-    recipe), and the field is randomly transposed/flipped. Every mask covers at least
+    recipe), and the field is randomly flipped. Every mask covers at least
     ``min_fraction`` of the image: a field too flat to cross the threshold is cut at its
-    own ``1 - min_fraction`` quantile instead, so no mask is empty.
+    own ``1 - min_fraction`` quantile instead, so no mask is empty. ``generator`` must live
+    on ``device``.
     """
-    masks = torch.zeros(n, 1, height, width)
-    scales = torch.randint(min_scale, max_scale + 1, (n, 2), generator=generator)
-    flips = torch.randint(0, 2, (n, 2), generator=generator)
-    for i in range(n):
-        field = perlin_noise(height, width, (2 ** int(scales[i, 0]), 2 ** int(scales[i, 1])),
-                             generator)
-        if flips[i, 0]:
-            field = field.flip(0)
-        if flips[i, 1]:
-            field = field.flip(1)
-        cut = min(threshold, float(torch.quantile(field.flatten(), 1.0 - min_fraction)))
-        masks[i, 0] = (field >= cut).float()
-    return masks
+    scales = torch.randint(min_scale, max_scale + 1, (n, 2), generator=generator,
+                           device=device)
+    flips = torch.randint(0, 2, (n, 2), generator=generator, device=device).bool()
+    res = 2 ** scales
+    fields = perlin_fields(_random_angles(res, generator, device), res, height, width)
+    fields = torch.where(flips[:, :1, None], fields.flip(1), fields)
+    fields = torch.where(flips[:, 1:, None], fields.flip(2), fields)
+    quantiles = torch.quantile(fields.flatten(1), 1.0 - min_fraction, dim=1)
+    cut = quantiles.clamp(max=threshold).view(n, 1, 1)
+    return (fields >= cut).float().unsqueeze(1)
 
 
 def _recolour(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Per-image brightness, contrast and a random channel permutation (hue-like shift)."""
     n, c = x.shape[:2]
-    gain = _uniform(n, 0.6, 1.4, generator).view(n, 1, 1, 1)
-    bias = _uniform(n, -0.2, 0.2, generator).view(n, 1, 1, 1)
+    gain = _uniform(n, 0.6, 1.4, generator, x.device).view(n, 1, 1, 1)
+    bias = _uniform(n, -0.2, 0.2, generator, x.device).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * gain + mean + bias).clamp(0, 1)
-    perms = torch.stack([torch.randperm(c, generator=generator) for _ in range(n)])
-    return torch.stack([x[i, perms[i]] for i in range(n)])
+    perms = torch.rand(n, c, generator=generator, device=x.device).argsort(dim=1)
+    return x.gather(1, perms.view(n, c, 1, 1).expand_as(x))
+
+
+def displace(x: Tensor, shift_y: Tensor, shift_x: Tensor, turns: Tensor) -> Tensor:
+    """Each image rolled by ``(shift_y, shift_x)`` pixels, then rotated by ``turns`` x 90
+    degrees (``torch.rot90`` over (H, W); square images only when turning), as one gather."""
+    n, c, h, w = x.shape
+    device = x.device
+    i = torch.arange(h, device=device).view(1, h, 1)
+    j = torch.arange(w, device=device).view(1, 1, w)
+    k = turns.view(n, 1, 1)
+    # torch.rot90(y, k, dims=(1, 2))[i, j] = y[src_i, src_j]
+    src_i = torch.where(k == 0, i, torch.where(k == 1, j, torch.where(k == 2, h - 1 - i,
+                                                                       w - 1 - j)))
+    src_j = torch.where(k == 0, j, torch.where(k == 1, h - 1 - i, torch.where(k == 2,
+                                                                             w - 1 - j, i)))
+    # y = x rolled by (shift_y, shift_x): y[a, b] = x[a - shift_y, b - shift_x]
+    src_i = (src_i - shift_y.view(n, 1, 1)) % h
+    src_j = (src_j - shift_x.view(n, 1, 1)) % w
+    flat = (src_i * w + src_j).view(n, 1, h * w).expand(n, c, h * w)
+    return x.flatten(2).gather(2, flat).view(n, c, h, w)
 
 
 def _displace(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Per-image cyclic shift, flips and (square images) a 90-degree rotation."""
+    """A random cyclic shift (1/8 to 7/8 of each side) and, for square images, a random
+    rotation by 0, 90, 180 or 270 degrees per image."""
     n, _, h, w = x.shape
-    shifts = torch.stack([torch.randint(h // 8, max(h // 8 + 1, h - h // 8), (n,),
-                                        generator=generator),
-                          torch.randint(w // 8, max(w // 8 + 1, w - w // 8), (n,),
-                                        generator=generator)], dim=1)
-    ops = torch.randint(0, 4, (n,), generator=generator)
-    out = []
-    for i in range(n):
-        y = x[i].roll((int(shifts[i, 0]), int(shifts[i, 1])), dims=(1, 2))
-        if h == w and ops[i] > 0:
-            y = y.rot90(int(ops[i]), dims=(1, 2))
-        out.append(y)
-    return torch.stack(out)
+    device = x.device
+    shift_y = torch.randint(h // 8, max(h // 8 + 1, h - h // 8), (n,), generator=generator,
+                            device=device)
+    shift_x = torch.randint(w // 8, max(w // 8 + 1, w - w // 8), (n,), generator=generator,
+                            device=device)
+    turns = torch.randint(0, 4, (n,), generator=generator, device=device)
+    return displace(x, shift_y, shift_x, turns if h == w else torch.zeros_like(turns))
 
 
 def _textures(n: int, channels: int, height: int, width: int,
-              generator: torch.Generator | None) -> Tensor:
+              generator: torch.Generator | None, device: torch.device | str = "cpu") -> Tensor:
     """Random coloured Perlin textures in [0, 1]: two octaves per channel, min-max scaled."""
-    out = torch.empty(n, channels, height, width)
-    scales = torch.randint(2, 5, (n,), generator=generator)
-    for i in range(n):
-        res = 2 ** int(scales[i])
-        for ch in range(channels):
-            t = perlin_noise(height, width, (res, res), generator) + 0.5 * perlin_noise(
-                height, width, (2 * res, 2 * res), generator)
-            out[i, ch] = (t - t.min()) / (t.max() - t.min()).clamp_min(1e-6)
-    return out
+    scales = torch.randint(2, 5, (n,), generator=generator, device=device)
+    res = (2 ** scales).repeat_interleave(channels).view(-1, 1).expand(-1, 2)
+    base = perlin_fields(_random_angles(res, generator, device), res, height, width)
+    fine = perlin_fields(_random_angles(2 * res, generator, device), 2 * res, height, width)
+    t = (base + 0.5 * fine).flatten(1)
+    low, high = t.amin(dim=1, keepdim=True), t.amax(dim=1, keepdim=True)
+    return ((t - low) / (high - low).clamp_min(1e-6)).view(n, channels, height, width)
 
 
 class SyntheticAnomalies(nn.Module):
@@ -167,12 +207,14 @@ class SyntheticAnomalies(nn.Module):
                 generator: torch.Generator | None) -> Tensor:
         """Foreign content for each image; ``kinds`` indexes ``self.source_names``."""
         n, c, h, w = images.shape
-        others = images[torch.randperm(n, generator=generator)]
+        device = images.device
+        others = images[torch.randperm(n, generator=generator, device=device)]
         candidates = {
             "self": lambda idx: _recolour(_displace(images[idx], generator), generator),
             "batch": lambda idx: _recolour(_displace(others[idx], generator), generator),
-            "texture": lambda idx: _textures(len(idx), c, h, w, generator),
-            "noise": lambda idx: torch.rand(len(idx), c, h, w, generator=generator),
+            "texture": lambda idx: _textures(len(idx), c, h, w, generator, device),
+            "noise": lambda idx: torch.rand(len(idx), c, h, w, generator=generator,
+                                            device=device),
         }
         out = torch.empty_like(images)
         for k, name in enumerate(self.source_names):
@@ -185,20 +227,27 @@ class SyntheticAnomalies(nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator | None = None,
                 probability: float | None = None) -> tuple[Tensor, Tensor]:
         """Corrupt a batch (N, C, H, W) in [0, 1]; returns ``(corrupted, masks (N, 1, H, W))``
-        on the images' device and dtype. ``probability`` overrides the configured one."""
+        in the images' dtype. ``probability`` overrides the configured one.
+
+        Everything is computed on the images' device, batched: ``generator`` (a CPU
+        generator, as the seed's owner keeps it) seeds one generator on that device, so the
+        same seed gives the same anomalies.
+        """
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"synthetic anomalies need float images (N, C, H, W), got "
                              f"{tuple(images.shape)} {images.dtype}")
         p = self.probability if probability is None else probability
         checks.in_range("synthesis probability", p, 0.0, 1.0)
         device, dtype = images.device, images.dtype
-        x = images.detach().float().cpu()
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        local = torch.Generator(device=device).manual_seed(seed)
+        x = images.detach().float()
         n, _, h, w = x.shape
-        masks = perlin_masks(n, h, w, generator=generator, **self.mask_kwargs)
-        masks *= (torch.rand(n, generator=generator) < p).float().view(n, 1, 1, 1)
-        kinds = torch.multinomial(self.source_weights, n, replacement=True,
-                                  generator=generator)
-        source = self.sources(x, kinds, generator)
-        beta = _uniform(n, *self.beta, generator).view(n, 1, 1, 1)
+        masks = perlin_masks(n, h, w, generator=local, device=device, **self.mask_kwargs)
+        masks *= (torch.rand(n, generator=local, device=device) < p).float().view(n, 1, 1, 1)
+        kinds = torch.multinomial(self.source_weights.to(device), n, replacement=True,
+                                  generator=local)
+        source = self.sources(x, kinds, local)
+        beta = _uniform(n, *self.beta, local, device).view(n, 1, 1, 1)
         corrupted = x * (1 - masks) + (beta * x + (1 - beta) * source) * masks
-        return corrupted.to(device, dtype), masks.to(device, dtype)
+        return corrupted.to(dtype), masks.to(dtype)

@@ -282,3 +282,19 @@ def test_cosine_schedule_steps_every_epoch_when_validating_less_often(fast_cfg):
     trainer.fit(model, datamodule=datamodule)
     rates = [entry["lr"] for entry in model.history]
     assert len(rates) == 4 and all(a > b for a, b in itertools.pairwise(rates)), rates
+
+
+def test_channels_last_layout_scores_like_the_contiguous_one(compose_cfg):
+    cfg = compose_cfg("model=draem_lite", "model.net.network.recon_widths=[8,16,32,64]",
+                      "model.net.network.seg_widths=[8,16,32,64]")
+    kwargs = {k: v for k, v in cfg.model.items() if k not in ("_target_", "channels_last")}
+    nhwc = AnomalyModule(**kwargs, channels_last=True).eval()
+    nchw = AnomalyModule(**kwargs, channels_last=False).eval()
+    nchw.load_state_dict(nhwc.state_dict())
+    conv = nhwc.net.network.reconstructive.encoder[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = nhwc.predict_batch(images), nchw.predict_batch(images)
+    for name in a["scores"]:
+        torch.testing.assert_close(a["scores"][name], b["scores"][name], atol=1e-4, rtol=1e-4)

@@ -58,12 +58,14 @@ class AnomalyModule(LightningModule):
     objectives (synthetic anomalies). ``val_synthesis`` (a ``SyntheticAnomalies`` config)
     makes the synthetic validation anomalies for any model; without it, models that
     synthesize anomalies themselves are validated on their own (``synthesize``).
+    ``channels_last``: images and convolution weights in NHWC memory layout, which the
+    CPU (oneDNN) and GPU convolution kernels run faster on.
     """
 
     def __init__(self, net: Mapping, optimizer: Mapping | None = None,
                  scheduler: Mapping | None = None, scoring: Mapping | None = None,
                  monitor: Mapping | None = None, generator_seed: int = 0,
-                 val_synthesis: Mapping | None = None) -> None:
+                 val_synthesis: Mapping | None = None, channels_last: bool = True) -> None:
         super().__init__()
         scoring = to_plain(scoring) if scoring is not None else DEFAULT_SCORING
         unknown = set(scoring) - set(SCORING_KEYS)
@@ -74,10 +76,13 @@ class AnomalyModule(LightningModule):
                                    "scheduler": to_plain(scheduler), "scoring": scoring,
                                    "monitor": to_plain(monitor),
                                    "generator_seed": int(generator_seed),
-                                   "val_synthesis": to_plain(val_synthesis)})
+                                   "val_synthesis": to_plain(val_synthesis),
+                                   "channels_last": bool(channels_last)})
         self.net: AnomalyModel = build(self.hparams.net, "model.net")
         self.val_synthesis = build(self.hparams.val_synthesis, "model.val_synthesis") \
             if val_synthesis else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
         self.scorer = Scorer(scoring["scores"], scoring["primary"])
         kde_cfg = dict(scoring.get("kde") or {})
         kde_enabled = bool(kde_cfg.pop("enabled", False))
@@ -141,11 +146,15 @@ class AnomalyModule(LightningModule):
         is quantised as coarsely as the errors it is scored by.
         """
         with float32(images.device):
-            images = images.float()
+            images = self._layout(images.float())
             maps, scores = self.scorer(self.net.anomaly_maps(images, self.scorer.map_names))
             if self.kde is not None and self.kde.fitted:
                 scores.update(self.kde(self.net.embedding(images), scores[self.scorer.primary]))
         return {"maps": maps, "scores": scores}
+
+    def _layout(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=self.memory_format) if images.ndim == 4 \
+            else images
 
     @property
     def available_scores(self) -> list[str]:
@@ -216,6 +225,7 @@ class AnomalyModule(LightningModule):
         if not self.net.trainable:
             return None  # fitted in on_fit_start; nothing to step
         assert self._train_generator is not None
+        batch = {**batch, "image": self._layout(batch["image"])}
         loss, parts = self.net.training_objective(batch, self._train_generator)
         size = batch["image"].shape[0]
         for name, value in parts.items():
@@ -247,7 +257,8 @@ class AnomalyModule(LightningModule):
                                              out["maps"][primary_map][normal])
         if self.net.trainable:
             with float32(images.device):
-                loss, _ = self.net.validation_objective({**batch, "image": images.float()},
+                loss, _ = self.net.validation_objective({**batch, "image": self._layout(
+                                                            images.float())},
                                                         self._val_generator(batch_idx))
             self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
                      batch_size=images.shape[0])

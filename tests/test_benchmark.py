@@ -34,3 +34,23 @@ def test_benchmark_refuses_unknown_models_and_missing_data_root():
         main(["--models", "no_such_model"])
     with pytest.raises(SystemExit):
         main(["--e2e", "mvtec", "--mvtec-root", ""])
+
+
+def test_profile_splits_the_step_and_compares_with_the_measured_peak(tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = main(["--models", "denoising_ae,pca", "--image-size", "32", "--batch-size", "4",
+                   "--steps", "2", "--warmup", "1", "--iterations", "2", "--profile",
+                   "--overrides", "model.channels_last=false", "--out", "bench"])
+    peaks = report["machine"]["peak_flops"]
+    assert peaks["float32"] > 1e8 and peaks["bfloat16"] > 1e8
+    trained, fitted = report["rows"]
+    phases = trained["train_phases_ms"]
+    assert phases["synthesis"] > 0 and phases["forward"] > 0 and phases["backward"] > 0
+    assert sum(phases[k] for k in ("data", "synthesis", "forward", "backward", "optimizer")) \
+        <= 1.5 * phases["step_wall"]
+    assert 0 < trained["train_fraction_of_peak"] < 1
+    assert 0 < trained["inference_fraction_of_peak"] < 1
+    assert fitted["train_images_per_s"] is None and fitted["fit_images_per_s"] > 0
+    assert fitted["inference_phases_ms_b32"]["anomaly_maps"] > 0
+    assert "where the time goes" in capsys.readouterr().out

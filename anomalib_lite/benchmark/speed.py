@@ -38,8 +38,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader
 
+from anomalib_lite.benchmark.profile import (
+    inference_breakdown,
+    inference_flops_per_image,
+    peak_flops,
+    train_flops_per_image,
+    training_breakdown,
+)
+from anomalib_lite.data.base import InMemoryDataModule
 from anomalib_lite.data.tensor_dataset import InMemoryAnomalyDataset
 from anomalib_lite.results import headline
 from anomalib_lite.train import CONFIG_DIR
@@ -102,22 +109,39 @@ def random_dataset(n: int, size: int, seed: int = 0) -> InMemoryAnomalyDataset:
                                   [f"random/{i}" for i in range(n)], ["good"] * n)
 
 
+def random_datamodule(n: int, size: int, batch: int) -> InMemoryDataModule:
+    """A datamodule whose train and val splits are ``n`` random images."""
+    datamodule = InMemoryDataModule(batch, batch, 0)
+    dataset = random_dataset(n, size)
+    datamodule.datasets = {"train": dataset, "val": dataset}
+    datamodule.image_size = size
+    return datamodule
+
+
 def train_throughput(module: pl.LightningModule, size: int, batch: int, steps: int,
                      warmup: int, precision: str, device: torch.device) -> dict[str, float]:
+    """Images/s of the training steps (after the model's one-pass fit, if it has one); a
+    fit-only model reports its fit instead (images/s over one pass)."""
     timer = StepTimer(device)
-    loader = DataLoader(random_dataset(batch * (steps + warmup), size), batch_size=batch,
-                        shuffle=True, drop_last=True)
+    datamodule = random_datamodule(batch * (steps + warmup), size, batch)
     trainer = pl.Trainer(accelerator=device.type, devices=1, precision=precision,
                          max_steps=steps + warmup, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[timer])
+                         enable_model_summary=False, callbacks=[timer],
+                         num_sanity_val_steps=0)
     reset_peak_memory(device)
+    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(module, train_dataloaders=loader)
+        trainer.fit(module, datamodule=datamodule)
+    peak = peak_memory_mb(device)
+    if not module.net.trainable:
+        wall = time.perf_counter() - start
+        return {"fit_images_per_s": len(datamodule.datasets["train"]) / wall,
+                "train_images_per_s": None, "train_step_ms": None, "train_peak_memory_mb": peak}
     step = statistics.median(timer.times[warmup:])
     return {"train_images_per_s": batch / step, "train_step_ms": 1000 * step,
-            "train_peak_memory_mb": peak_memory_mb(device)}
+            "train_peak_memory_mb": peak}
 
 
 @torch.no_grad()
@@ -164,8 +188,8 @@ def end_to_end(model: str, data: str, out: Path, args: argparse.Namespace) -> di
 
 
 def benchmark_model(model: str, args: argparse.Namespace, device: torch.device,
-                    out: Path) -> dict[str, Any]:
-    module = build_module(model)
+                    out: Path, peaks: dict[str, float]) -> dict[str, Any]:
+    module = build_module(model, args.overrides)
     row: dict[str, Any] = {"model": model, "image_size": args.image_size,
                            "precision": args.precision,
                            "parameters": sum(p.numel() for p in module.parameters())}
@@ -174,8 +198,25 @@ def benchmark_model(model: str, args: argparse.Namespace, device: torch.device,
     latency, _ = inference(module, args.image_size, 1, args.iterations, device)
     batch_time, peak = inference(module, args.image_size, 32, max(3, args.iterations // 4),
                                  device)
-    row.update({"latency_batch1_ms": 1000 * latency, "images_per_s_batch32": 32 / batch_time,
-                "inference_peak_memory_mb": peak})
+    row.update({"latency_batch1_ms": 1000 * latency, "images_per_s_batch1": 1 / latency,
+                "images_per_s_batch32": 32 / batch_time, "inference_peak_memory_mb": peak})
+    if args.profile:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size),
+                               dtype=torch.uint8, generator=generator)
+        if module.net.trainable:
+            row["train_phases_ms"] = training_breakdown(module, images, args.precision, device)
+            row["train_flops_per_image"] = train_flops_per_image(module, images,
+                                                                 args.precision, device)
+            peak_train = peaks["bfloat16" if args.precision.startswith("bf16") else "float32"]
+            row["train_fraction_of_peak"] = (row["train_flops_per_image"]
+                                             * row["train_images_per_s"] / peak_train)
+        batch32 = torch.randint(0, 256, (32, 3, args.image_size, args.image_size),
+                                dtype=torch.uint8, generator=generator).to(device)
+        row["inference_phases_ms_b32"] = inference_breakdown(module, batch32)
+        row["inference_flops_per_image"] = inference_flops_per_image(module, batch32)
+        row["inference_fraction_of_peak"] = (row["inference_flops_per_image"]
+                                             * row["images_per_s_batch32"] / peaks["float32"])
     for data in args.e2e:
         row[f"e2e_{data}"] = end_to_end(model, data, out, args)
     return row
@@ -203,22 +244,50 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def table(rows: Sequence[dict[str, Any]], e2e: Sequence[str]) -> Table:
     out = Table(title="anomalib_lite benchmark")
     columns = ["model", "params", "size", "precision", "train img/s", "latency b1 (ms)",
-               "infer img/s b32", "peak MB train/infer"]
+               "infer img/s b1", "infer img/s b32", "peak MB train/infer",
+               "% of peak train/infer"]
     columns += [f"{d}: wall s / epochs / AUROC img, px" for d in e2e]
     for column in columns:
         out.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
+        train = r["train_images_per_s"]
+        fractions = (f"{_percent(r.get('train_fraction_of_peak'))} / "
+                     f"{_percent(r.get('inference_fraction_of_peak'))}")
         cells = [r["model"], f"{r['parameters'] / 1e6:.2f}M", str(r["image_size"]),
-                 r["precision"], _fmt(r["train_images_per_s"]), _fmt(r["latency_batch1_ms"]),
+                 r["precision"],
+                 _fmt(train) if train is not None else f"fit {_fmt(r['fit_images_per_s'])}",
+                 _fmt(r["latency_batch1_ms"]), _fmt(r["images_per_s_batch1"]),
                  _fmt(r["images_per_s_batch32"]),
                  f"{_fmt(r['train_peak_memory_mb'], 0)} / "
-                 f"{_fmt(r['inference_peak_memory_mb'], 0)}"]
+                 f"{_fmt(r['inference_peak_memory_mb'], 0)}", fractions]
         for d in e2e:
             e = r[f"e2e_{d}"]
             cells.append("failed" if e["status"] != "completed" else
                          f"{e['wall_time_s']:.0f} / {e['epochs']} / {_fmt(e['image_auroc'], 3)},"
                          f" {_fmt(e['pixel_auroc'], 3)}")
         out.add_row(*cells)
+    return out
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def phase_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Milliseconds per training step (batch of --batch-size) and per inference call
+    (batch 32) in each phase, from torch.profiler."""
+    out = Table(title="where the time goes (ms; training step | inference, batch 32)")
+    columns = ["model", "data", "synthesis", "forward", "backward", "optimizer", "step wall",
+               "maps", "scoring"]
+    for column in columns:
+        out.add_column(column, justify="left" if column == "model" else "right")
+    for r in rows:
+        t = r.get("train_phases_ms") or {}
+        i = r.get("inference_phases_ms_b32") or {}
+        out.add_row(r["model"], *(_fmt(t.get(k)) for k in ("data", "synthesis", "forward",
+                                                          "backward", "optimizer",
+                                                          "step_wall")),
+                    _fmt(i.get("anomaly_maps")), _fmt(i.get("scoring")))
     return out
 
 
@@ -243,6 +312,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mvtec-root", default=os.environ.get("MVTEC_ROOT"))
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--out", default="outputs/benchmark", help="folder for JSON and runs")
+    parser.add_argument("--profile", action="store_true",
+                        help="also: time per phase (torch.profiler), FLOPs per image and the "
+                        "fraction of the machine's measured peak FLOP/s")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="Hydra overrides for every model (e.g. model.channels_last=false)")
     args = parser.parse_args(argv)
     args.out = str(Path(args.out).resolve())  # the train subprocess runs in the repo root
     if args.mvtec_root:
@@ -265,13 +339,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banners
     device = torch.device(args.device)
     out = Path(args.out)
-    rows = [benchmark_model(model, args, device, out) for model in args.models]
-    report = {"machine": machine(), "settings": {k: v for k, v in vars(args).items()},
-              "rows": rows}
+    peaks = peak_flops(device) if args.profile else {}
+    rows = [benchmark_model(model, args, device, out, peaks) for model in args.models]
+    report = {"machine": {**machine(), "peak_flops": peaks},
+              "settings": {k: v for k, v in vars(args).items()}, "rows": rows}
     name = f"benchmark_{args.image_size}px_{args.precision}_{device.type}.json"
     path = write_json(out / name, report)
     console = Console()
     console.width = max(console.width, 140)
     console.print(table(rows, args.e2e))
+    if args.profile:
+        console.print(f"measured peak: {peaks['float32'] / 1e9:.1f} GFLOP/s float32, "
+                      f"{peaks['bfloat16'] / 1e9:.1f} GFLOP/s bfloat16 (2048^3 matmul)")
+        console.print(phase_table(rows))
     console.print(f"written to {path}")
     return report

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from torch.profiler import record_function
 
 from anomalib_lite.data.batch import Batch
 from anomalib_lite.evaluation import Evaluator, ValidationScores
@@ -147,9 +148,13 @@ class AnomalyModule(LightningModule):
         """
         with float32(images.device):
             images = self._layout(images.float())
-            maps, scores = self.scorer(self.net.anomaly_maps(images, self.scorer.map_names))
-            if self.kde is not None and self.kde.fitted:
-                scores.update(self.kde(self.net.embedding(images), scores[self.scorer.primary]))
+            with record_function("anomaly_maps"):
+                model_maps = self.net.anomaly_maps(images, self.scorer.map_names)
+            with record_function("scoring"):
+                maps, scores = self.scorer(model_maps)
+                if self.kde is not None and self.kde.fitted:
+                    scores.update(self.kde(self.net.embedding(images),
+                                           scores[self.scorer.primary]))
         return {"maps": maps, "scores": scores}
 
     def _layout(self, images: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from anomalib_lite.data.batch import Batch
 from anomalib_lite.models.protocol import AnomalyModel, as_module, float32
@@ -91,7 +92,8 @@ class ReconstructionModel(AnomalyModel):
         images = batch["image"]
         if self.synthesis is None:
             return self._objective(images, images, None)
-        corrupted, masks = self.synthesis(images, generator=generator)
+        with record_function("synthesis"):
+            corrupted, masks = self.synthesis(images, generator=generator)
         return self._objective(corrupted, images, masks)
 
     def validation_objective(self, batch: Batch, generator: torch.Generator

@@ -5,11 +5,17 @@ mask the image is blended with foreign content:
 
 - ``self``: the image itself, shifted, flipped/rotated and recoloured;
 - ``batch``: another image of the batch, transformed the same way;
-- ``texture``: a random coloured Perlin texture (a stand-in for DRAEM's DTD textures);
-- ``noise``: uniform colour noise.
+- ``texture``: a random coloured Perlin texture;
+- ``noise``: uniform colour noise;
+- ``natural``: a crop of a real texture photograph, scaled, turned and tinted (DRAEM's
+  natural textures; :mod:`anomalib_lite.data.anomaly_sources`);
+- ``patch``: another normal image of the batch rescaled 0.5-2x and shifted (NSA).
 
 ``out = x * (1 - m) + (beta * x + (1 - beta) * source) * m`` with the opacity ``beta``
-drawn per image, so the content changes only inside the mask ``m``. Everything runs on
+drawn per image, so the content changes only inside the mask ``m``; with
+``blend="poisson"`` the source is first blended seamlessly (gradient domain) into the
+image. With ``foreground=True`` masks are cut to the object (images of an object on a
+uniform background; textures are left whole), so anomalies land on the object. Everything runs on
 the batch tensor, on its device and batched (no per-image Python loop, no copy to the
 host), driven by an explicit ``torch.Generator`` (same seed, same anomalies), so any
 datamodule gets it in ``training_step`` for free.
@@ -23,9 +29,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from anomalib_lite.data.anomaly_sources import (
+    natural_textures,
+    object_foreground,
+    rescaled_patches,
+    seamless_blend,
+)
 from anomalib_lite.utils import checks
 
-SOURCES = ("self", "batch", "texture", "noise")
+SOURCES = ("self", "batch", "texture", "noise", "natural", "patch")
+BLENDS = ("alpha", "poisson")
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None,
@@ -175,14 +188,16 @@ class SyntheticAnomalies(nn.Module):
     an all-zero mask). ``beta``: range of the opacity of the original image inside the
     mask (0 = fully replaced). ``sources``: relative weights of the content sources.
     ``min_scale``/``max_scale``/``threshold``: the Perlin mask recipe (see
-    :func:`perlin_masks`). No parameters: it is an ``nn.Module`` only so that it is
+    :func:`perlin_masks`). ``blend``: ``alpha`` or ``poisson`` (seamless). ``foreground``:
+    masks only on the object. No parameters: it is an ``nn.Module`` only so that it is
     allow-listed and lives on the model.
     """
 
     def __init__(self, probability: float = 0.5, beta: Sequence[float] = (0.0, 0.8),
                  sources: dict[str, float] | None = None, min_scale: int = 0,
                  max_scale: int = 5, threshold: float = 0.5,
-                 min_fraction: float = 0.005) -> None:
+                 min_fraction: float = 0.005, blend: str = "alpha",
+                 foreground: bool = False) -> None:
         super().__init__()
         sources = dict(sources if sources is not None else {"self": 1.0, "batch": 1.0,
                                                              "texture": 1.0, "noise": 0.5})
@@ -196,6 +211,8 @@ class SyntheticAnomalies(nn.Module):
         checks.require(0 <= min_scale <= max_scale <= 8, "synthesis.min_scale/max_scale",
                        [min_scale, max_scale], "0 <= min_scale <= max_scale <= 8")
         checks.in_range("synthesis.min_fraction", min_fraction, 1e-6, 1.0)
+        self.blend = checks.one_of("synthesis.blend", blend, BLENDS)
+        self.foreground = bool(foreground)
         self.probability = float(probability)
         self.beta = (float(beta[0]), float(beta[1]))
         self.source_names = list(sources)
@@ -215,6 +232,8 @@ class SyntheticAnomalies(nn.Module):
             "texture": lambda idx: _textures(len(idx), c, h, w, generator, device),
             "noise": lambda idx: torch.rand(len(idx), c, h, w, generator=generator,
                                             device=device),
+            "natural": lambda idx: natural_textures(len(idx), c, h, w, generator, device),
+            "patch": lambda idx: rescaled_patches(others[idx], generator),
         }
         out = torch.empty_like(images)
         for k, name in enumerate(self.source_names):
@@ -244,10 +263,16 @@ class SyntheticAnomalies(nn.Module):
         x = images.detach().float()
         n, _, h, w = x.shape
         masks = perlin_masks(n, h, w, generator=local, device=device, **self.mask_kwargs)
+        if self.foreground:  # on the object; a mask that misses it entirely is kept whole
+            on_object = masks * object_foreground(x)
+            hit = on_object.flatten(1).sum(1) > 0
+            masks = torch.where(hit.view(n, 1, 1, 1), on_object, masks)
         masks *= (torch.rand(n, generator=local, device=device) < p).float().view(n, 1, 1, 1)
         kinds = torch.multinomial(self.source_weights.to(device), n, replacement=True,
                                   generator=local)
         source = self.sources(x, kinds, local)
+        if self.blend == "poisson":
+            source = seamless_blend(x, source, masks)
         beta = _uniform(n, *self.beta, local, device).view(n, 1, 1, 1)
         corrupted = x * (1 - masks) + (beta * x + (1 - beta) * source) * masks
         return corrupted.to(dtype), masks.to(dtype)

@@ -277,3 +277,13 @@ def test_anomalies_are_made_on_the_images_device_and_dtype():
     corrupted, masks = SyntheticAnomalies(probability=1.0)(images, _gen(9))
     assert corrupted.dtype == masks.dtype == torch.bfloat16
     assert corrupted.device == images.device
+
+
+def test_mixed_precision_training_gets_the_float32_anomalies():
+    """Under bf16 autocast (training_step) the generator still computes in float32."""
+    images = torch.rand(8, 3, 32, 32, generator=_gen(10))
+    synth = SyntheticAnomalies(probability=1.0)  # every source, Perlin textures included
+    reference = synth(images, _gen(11))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = synth(images, _gen(11))
+    assert torch.equal(mixed[0], reference[0]) and torch.equal(mixed[1], reference[1])

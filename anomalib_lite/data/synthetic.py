@@ -260,7 +260,13 @@ class SyntheticAnomalies(nn.Module):
         device, dtype = images.device, images.dtype
         seed = int(torch.randint(2**62, (1,), generator=generator))
         local = torch.Generator(device=device).manual_seed(seed)
-        x = images.detach().float()
+        with torch.autocast(device_type=device.type, enabled=False):  # float32 throughout
+            corrupted, masks = self._corrupt(images.detach().float(), p, local)
+        return corrupted.to(dtype), masks.to(dtype)
+
+    def _corrupt(self, x: Tensor, p: float, local: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(corrupted, masks)`` of float32 images ``x``, drawn from ``local``."""
+        device = x.device
         n, _, h, w = x.shape
         masks = perlin_masks(n, h, w, generator=local, device=device, **self.mask_kwargs)
         if self.foreground:  # on the object; a mask that misses it entirely is kept whole
@@ -274,5 +280,4 @@ class SyntheticAnomalies(nn.Module):
         if self.blend == "poisson":
             source = seamless_blend(x, source, masks)
         beta = _uniform(n, *self.beta, local, device).view(n, 1, 1, 1)
-        corrupted = x * (1 - masks) + (beta * x + (1 - beta) * source) * masks
-        return corrupted.to(dtype), masks.to(dtype)
+        return x * (1 - masks) + (beta * x + (1 - beta) * source) * masks, masks

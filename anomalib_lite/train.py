@@ -282,7 +282,9 @@ def _train(cfg: DictConfig, guard: InterruptGuard
     if training:
         guard.call(trainer.fit, model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
                    weights_only=True)
-    fit_time = time.perf_counter() - start
+    # the fit's wall time, resumed runs included (read now: testing a checkpoint restores
+    # the callback state saved with it)
+    fit_time = resume_state.previous_wall_time_s + time.perf_counter() - start
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if not cfg.get("test", True):
@@ -301,7 +303,7 @@ def _train(cfg: DictConfig, guard: InterruptGuard
     train_info = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
                   "val_loss_best": fit_metrics.get("val/loss_best"),
                   "best_checkpoint": best or None,
-                  "wall_time_s": resume_state.previous_wall_time_s + fit_time,
+                  "wall_time_s": fit_time,
                   "resumed_from": str(cfg.ckpt_path) if resuming else None}
     skipped = getattr(datamodule, "skipped", None)
     results = build_results(model.test_results, train_info, test_time, run_config,

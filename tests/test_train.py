@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -298,3 +299,12 @@ def test_channels_last_layout_scores_like_the_contiguous_one(compose_cfg):
         a, b = nhwc.predict_batch(images), nchw.predict_batch(images)
     for name in a["scores"]:
         torch.testing.assert_close(a["scores"][name], b["scores"][name], atol=1e-4, rtol=1e-4)
+
+
+def test_fit_wall_time_is_counted_once(fast_cfg):
+    """Testing the best checkpoint restores the callback state saved with it: that must
+    not add the fit time again."""
+    start = time.perf_counter()
+    _, results = train(fast_cfg("trainer.max_epochs=2", "trainer.limit_train_batches=2"))
+    total = time.perf_counter() - start
+    assert 0 < results["train"]["wall_time_s"] < total - results["test_wall_time_s"]

@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Progress
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from anomalib_lite.callbacks.resume_state import ResumeState
@@ -124,6 +124,22 @@ def check_input_size(model: pl.LightningModule, datamodule: pl.LightningDataModu
             f"{p.width}): {error}") from None
     finally:
         network.train(was_training)
+
+
+def check_validation_schedule(cfg: DictConfig) -> None:
+    """Refuse a schedule under which validation never runs while a validation metric is
+    monitored (the best checkpoint, early stopping and the sweep's metric need it)."""
+    trainer = cfg.get("trainer") or {}
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    metric = OmegaConf.select(cfg, "model.monitor.metric", default=None)
+    if not (isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every):
+        return
+    if metric is None or not str(metric).startswith("val/"):
+        return
+    raise ConfigError(
+        f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: validation "
+        f"never runs, so the monitored {metric!r} is never logged. Set "
+        f"trainer.check_val_every_n_epoch={epochs} (or fewer) or raise trainer.max_epochs")
 
 
 def resume_epoch(path: Any, key: str = "ckpt_path") -> int:
@@ -258,6 +274,8 @@ def _train(cfg: DictConfig, guard: InterruptGuard
     output_dir = Path(cfg.paths.output_dir)
     training = cfg.get("train", True)
     resuming = training and cfg.get("ckpt_path") is not None
+    if training:
+        check_validation_schedule(cfg)
     resumed_epoch = resume_epoch(cfg.ckpt_path) if resuming else None
     # plain containers: datamodule hyper-parameters go into checkpoints (weights_only)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")

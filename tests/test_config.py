@@ -195,3 +195,14 @@ def test_partial_recipes_are_not_model_choices(compose_cfg):
     assert "sprite_ae" in choices and not any(c.startswith("_") for c in choices)
     for choice in choices:  # every choice is a whole model
         assert compose_cfg(f"model={choice}").model.net._target_, choice
+
+
+def test_a_schedule_that_never_validates_is_refused_before_training(compose_cfg):
+    from anomalib_lite.train import check_validation_schedule
+
+    cfg = compose_cfg("model=feature_ae", "trainer.max_epochs=3")
+    with pytest.raises(ConfigError, match=r"check_val_every_n_epoch=5 > trainer\.max_epochs=3"):
+        check_validation_schedule(cfg)
+    check_validation_schedule(compose_cfg("model=feature_ae", "trainer.max_epochs=5"))
+    check_validation_schedule(compose_cfg("model=pca", "trainer.max_epochs=1",
+                                          "trainer.check_val_every_n_epoch=5"))

@@ -55,8 +55,9 @@ def dataset_overrides(dataset: str, args: argparse.Namespace) -> list[str]:
         if not args.kolektor_root:
             raise SystemExit("--datasets kolektorsdd needs --kolektor-root")
         root = Path(args.kolektor_root)
-        return ["data=folder", f"data.normal_dir={root / 'good'}",
-                f"data.abnormal_dirs=[{root / 'defect'}]", f"data.mask_dir={root / 'masks'}"]
+        return ["data=folder", f"data.normal_dir={root / 'good'}",  # tall images, as they are
+                f"data.abnormal_dirs=[{root / 'defect'}]", f"data.mask_dir={root / 'masks'}",
+                "data.image_size=[640,256]"]
     if dataset == "sprites":  # 2,000 generated training images at 128 px
         return ["data=sprites", "data.n_train=2000", "data.image_size=128"]
     raise SystemExit(f"unknown dataset {dataset!r}: bottle, pill, kolektorsdd or sprites")

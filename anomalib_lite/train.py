@@ -108,20 +108,32 @@ def check_input_size(model: pl.LightningModule, datamodule: pl.LightningDataModu
     network = getattr(getattr(model, "net", None), "network", None)
     if not isinstance(preprocessing, Preprocessing) or not isinstance(network, nn.Module):
         return
-    zeros = torch.zeros(1, preprocessing.channels, preprocessing.height, preprocessing.width)
+    p = preprocessing
+    sizes = {"data.image_size": (p.height, p.width)}
+    crop = getattr(model, "train_crop", None)
+    if crop is not None:
+        if crop[0] > p.height or crop[1] > p.width:
+            raise ConfigError(f"model.train_crop={list(crop)} is larger than the images "
+                              f"(data.image_size={format_size(p.image_size)}): set a smaller "
+                              "crop or a larger data.image_size")
+        sizes["model.train_crop"] = tuple(crop)
     was_training = network.training
     network.eval()
     try:
-        with torch.no_grad():
-            reconstruction = network(zeros)
-            if callable(getattr(network, "segment", None)):
-                network.segment(zeros, reconstruction)
-    except (ValueError, RuntimeError) as error:
-        p = preprocessing
-        raise ConfigError(
-            f"the model's network {type(network).__name__} cannot take the data's images "
-            f"(data.image_size={format_size(p.image_size)}: {p.channels} x {p.height} x "
-            f"{p.width}): {error}") from None
+        for key, (height, width) in sizes.items():
+            zeros = torch.zeros(1, p.channels, height, width)
+            try:
+                with torch.no_grad():
+                    reconstruction = network(zeros)
+                    if callable(getattr(network, "segment", None)):
+                        network.segment(zeros, reconstruction)
+            except (ValueError, RuntimeError) as error:
+                whole = key == "data.image_size"
+                size = format_size(p.image_size) if whole else list(crop)
+                what = "the data's images" if whole else "the training crops"
+                raise ConfigError(
+                    f"the model's network {type(network).__name__} cannot take {what} "
+                    f"({key}={size}: {p.channels} x {height} x {width}): {error}") from None
     finally:
         network.train(was_training)
 

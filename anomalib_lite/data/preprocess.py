@@ -127,3 +127,20 @@ class Preprocessing:
             raise ImageLoadError(f"cannot read image {name}: expected a path, a numpy array "
                                  f"or a PIL image, got {type(source).__name__}")
         return resize_uint8(image, self.image_size, self.channels, name)
+
+
+def random_crops(images: Tensor, size: tuple[int, int],
+                 generator: torch.Generator | None = None) -> Tensor:
+    """One random ``size`` (height, width) crop of each image in ``(N, C, H, W)``, at an
+    offset drawn from ``generator`` (on the CPU); the memory layout is kept."""
+    n, _, height, width = images.shape
+    h, w = size
+    if h > height or w > width:
+        raise ValueError(f"a {h} x {w} crop of {height} x {width} images")
+    tops = torch.randint(0, height - h + 1, (n,), generator=generator).tolist()
+    lefts = torch.randint(0, width - w + 1, (n,), generator=generator).tolist()
+    crops = torch.stack([image[:, t:t + h, x:x + w]
+                         for image, t, x in zip(images, tops, lefts, strict=True)])
+    return crops.contiguous(memory_format=torch.channels_last) \
+        if images.is_contiguous(memory_format=torch.channels_last) \
+        and not images.is_contiguous() else crops

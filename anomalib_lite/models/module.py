@@ -15,7 +15,7 @@ the allow-list, so a checkpoint is self-describing and loads with ``weights_only
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from anomalib_lite.data.batch import Batch
+from anomalib_lite.data.preprocess import image_size_hw, random_crops
 from anomalib_lite.evaluation import Evaluator, ValidationScores
 from anomalib_lite.models.backbones import deferred_weights
 from anomalib_lite.models.protocol import AnomalyModel, check_model, check_monitor, float32
@@ -60,13 +61,17 @@ class AnomalyModule(LightningModule):
     makes the synthetic validation anomalies for any model; without it, models that
     synthesize anomalies themselves are validated on their own (``synthesize``).
     ``channels_last``: images and convolution weights in NHWC memory layout, which the
-    CPU (oneDNN) and GPU convolution kernels run faster on.
+    CPU (oneDNN) and GPU convolution kernels run faster on. ``train_crop`` (a size, or
+    ``[height, width]``): train on one random crop of each training image, validate and
+    score whole images (a fully convolutional network sees the full resolution at the
+    cost of a crop-sized step).
     """
 
     def __init__(self, net: Mapping, optimizer: Mapping | None = None,
                  scheduler: Mapping | None = None, scoring: Mapping | None = None,
                  monitor: Mapping | None = None, generator_seed: int = 0,
-                 val_synthesis: Mapping | None = None, channels_last: bool = True) -> None:
+                 val_synthesis: Mapping | None = None, channels_last: bool = True,
+                 train_crop: int | Sequence[int] | None = None) -> None:
         super().__init__()
         scoring = to_plain(scoring) if scoring is not None else DEFAULT_SCORING
         unknown = set(scoring) - set(SCORING_KEYS)
@@ -78,7 +83,10 @@ class AnomalyModule(LightningModule):
                                    "monitor": to_plain(monitor),
                                    "generator_seed": int(generator_seed),
                                    "val_synthesis": to_plain(val_synthesis),
-                                   "channels_last": bool(channels_last)})
+                                   "channels_last": bool(channels_last),
+                                   "train_crop": to_plain(train_crop)})
+        self.train_crop = image_size_hw(to_plain(train_crop), "model.train_crop") \
+            if train_crop is not None else None
         self.net: AnomalyModel = build(self.hparams.net, "model.net")
         self.val_synthesis = build(self.hparams.val_synthesis, "model.val_synthesis") \
             if val_synthesis else None
@@ -230,7 +238,7 @@ class AnomalyModule(LightningModule):
         if not self.net.trainable:
             return None  # fitted in on_fit_start; nothing to step
         assert self._train_generator is not None
-        batch = {**batch, "image": self._layout(batch["image"])}
+        batch = self._crop({**batch, "image": self._layout(batch["image"])})
         loss, parts = self.net.training_objective(batch, self._train_generator)
         size = batch["image"].shape[0]
         for name, value in parts.items():
@@ -238,6 +246,24 @@ class AnomalyModule(LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=size)
         return loss
+
+    def _crop(self, batch: Batch) -> Batch:
+        """``train_crop``: the same random crop of each image and its mask."""
+        if self.train_crop is None:
+            return batch
+        images = batch["image"]
+        height, width = images.shape[-2:]
+        if self.train_crop[0] > height or self.train_crop[1] > width:
+            raise ConfigError(f"model.train_crop={list(self.train_crop)} is larger than the "
+                              f"training images ({height} x {width}): set a smaller crop or "
+                              "a larger data.image_size")
+        keys = [k for k in ("image", "mask") if isinstance(batch.get(k), Tensor)
+                and batch[k].ndim == 4 and batch[k].shape[-2:] == images.shape[-2:]]
+        joined = torch.cat([batch[k].to(images.dtype) for k in keys], dim=1)
+        crops = random_crops(joined, self.train_crop, self._train_generator)
+        parts = crops.split([batch[k].shape[1] for k in keys], dim=1)
+        return {**batch, **{k: self._layout(part.to(batch[k].dtype))
+                            for k, part in zip(keys, parts, strict=True)}}
 
     def on_train_epoch_end(self) -> None:
         metrics = self.trainer.callback_metrics

@@ -145,6 +145,24 @@ def test_draem_lite_trains_logs_synthetic_metrics_and_reloads(fast_cfg, tmp_path
     selection = synthetic_selection(tmp_path, repeats=1, data_cfg=cfg.data)
     assert selection["chosen"] in cfg.score.scores and len(selection["rows"]) == len(
         cfg.score.scores)
+    # validation on another family: other anomalies, so other AUROCs
+    other = synthetic_selection(tmp_path, repeats=1, data_cfg=cfg.data, family="realistic")
+    assert other["family"] == "realistic" and selection["family"] == "own"
+    assert [r["pixel_auroc"] for r in other["rows"]] != [r["pixel_auroc"]
+                                                          for r in selection["rows"]]
+    with pytest.raises(ConfigError, match=r"--family 'perlinn'.*\['perlin', 'realistic'\]"):
+        synthetic_selection(tmp_path, repeats=1, data_cfg=cfg.data, family="perlinn")
+
+
+def test_synthesis_families_are_chosen_as_config_groups(compose_cfg):
+    cfg = compose_cfg("experiment=mvtec_best", "synthesis@model.net.synthesis=realistic",
+                      "+synthesis@model.val_synthesis=perlin")
+    trained, validated = cfg.model.net.synthesis, cfg.model.val_synthesis
+    assert dict(trained.sources) == {"natural": 1.0, "patch": 1.0}  # replaced, not merged
+    assert trained.blend == "poisson" and trained.foreground and trained.probability == 0.7
+    assert validated.blend == "alpha" and "self" in validated.sources
+    default = compose_cfg("experiment=mvtec_best").model.net.synthesis
+    assert set(default.sources) == {"self", "batch", "texture", "noise"}
 
 
 def test_targets_table_marks_the_misses():

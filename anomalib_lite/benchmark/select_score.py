@@ -1,9 +1,10 @@
 """Choose a trained model's headline score on synthetic validation anomalies only.
 
-    python -m anomalib_lite.benchmark.select_score <run_dir> [--repeats 10]
+    python -m anomalib_lite.benchmark.select_score <run_dir> [--repeats 10] [--family NAME]
 
 Loads ``<run_dir>/model.ckpt`` and the run's data config, pastes ``repeats`` fresh
-fixed-seed synthetic anomalies (the model's own ``synthesize``) on every normal
+fixed-seed synthetic anomalies (the model's own ``synthesize``, or with ``--family`` those
+of ``conf/synthesis/<NAME>.yaml``, e.g. a family the model was not trained on) on every normal
 validation image, and reports for every score the image AUROC (clean validation images vs
 their corrupted copies) and for every map the pixel AUROC (synthetic masks). The
 validation split holds normal images only: no test image or label is read. The table is
@@ -21,8 +22,12 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
+from anomalib_lite.cli import CONFIG_DIR
+from anomalib_lite.data.synthetic import SyntheticAnomalies
 from anomalib_lite.metrics import pixel_auroc
 from anomalib_lite.models import AnomalyModule
+from anomalib_lite.utils.checks import ConfigError
+from anomalib_lite.utils.instantiate import build
 from anomalib_lite.utils.io import write_json
 
 SEED_OFFSET = 10_000  # apart from the seeds of the per-epoch synthetic validation
@@ -30,14 +35,26 @@ PIXELS_PER_IMAGE = 4096
 
 
 @torch.no_grad()
-def synthetic_selection(run_dir: Path, repeats: int = 10,
-                        data_cfg: Any = None) -> dict[str, Any]:
+def synthesis_family(name: str) -> SyntheticAnomalies:
+    """The synthetic anomaly family ``conf/synthesis/<name>.yaml``, every image corrupted."""
+    path = Path(CONFIG_DIR) / "synthesis" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"--family {name!r}: no {path}; the families are {known}")
+    return build({**OmegaConf.to_container(OmegaConf.load(path)), "probability": 1.0},
+                 f"synthesis/{name}")
+
+
+def synthetic_selection(run_dir: Path, repeats: int = 10, data_cfg: Any = None,
+                        family: str | None = None) -> dict[str, Any]:
     """Rank the scores of ``run_dir``'s model (see the module doc). ``data_cfg``: the
-    data config (default: the run's ``.hydra/config.yaml``)."""
+    data config (default: the run's ``.hydra/config.yaml``); ``family``: a synthesis
+    family's name (default: the model's own anomalies)."""
     model = AnomalyModule.load_from_checkpoint(run_dir / "model.ckpt", map_location="cpu",
                                                weights_only=True).eval()
-    if not model.net.synthesizes:
-        raise ValueError(f"{run_dir}'s model makes no synthetic anomalies")
+    synthesis = synthesis_family(family) if family else None
+    if synthesis is None and not model.net.synthesizes:
+        raise ValueError(f"{run_dir}'s model makes no synthetic anomalies: pass --family")
     if data_cfg is None:
         data_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data
     datamodule = hydra.utils.instantiate(data_cfg, _convert_="all")
@@ -53,7 +70,8 @@ def synthetic_selection(run_dir: Path, repeats: int = 10,
             normal[name].append(out["scores"][name])
         for r in range(repeats):
             generator = torch.Generator().manual_seed(SEED_OFFSET + 1000 * r + b)
-            corrupted, mask = model.net.synthesize(images, generator)
+            corrupted, mask = model.net.synthesize(images, generator) if synthesis is None \
+                else synthesis(images, generator=generator)
             out = model.predict_batch(corrupted)
             for name in model.scorer.names:
                 anomalous[name].append(out["scores"][name])
@@ -71,7 +89,8 @@ def synthetic_selection(run_dir: Path, repeats: int = 10,
         rows.append({"score": name, "image_auroc": pixel_auroc(torch.cat([n, a]), labels),
                      "map": map_key, "pixel_auroc": pixel[map_key]})
     rows.sort(key=lambda r: (-r["image_auroc"], -r["pixel_auroc"]))
-    return {"run_dir": str(run_dir), "repeats": repeats, "n_normal": len(torch.cat(
+    return {"run_dir": str(run_dir), "repeats": repeats, "family": family or "own",
+            "n_normal": len(torch.cat(
         normal[model.scorer.names[0]])), "chosen": rows[0]["score"], "rows": rows}
 
 
@@ -79,14 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--family", help="a conf/synthesis/ family (default: the model's own)")
     args = parser.parse_args(argv)
-    result = synthetic_selection(args.run_dir, args.repeats)
+    result = synthetic_selection(args.run_dir, args.repeats, family=args.family)
     print(f"synthetic validation: {result['n_normal']} normal images x {args.repeats} "
           "anomalies each\n| score | image AUROC | map | pixel AUROC |\n|---|---|---|---|")
     for r in result["rows"]:
         print(f"| {r['score']} | {r['image_auroc']:.4f} | {r['map']} | {r['pixel_auroc']:.4f} |")
     print(f"chosen: {result['chosen']}")
-    write_json(args.run_dir / "synthetic_selection.json", result)
+    suffix = f"_{args.family}" if args.family else ""
+    write_json(args.run_dir / f"synthetic_selection{suffix}.json", result)
     return 0
 
 

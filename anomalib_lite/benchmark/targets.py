@@ -24,7 +24,15 @@ from typing import Any
 from anomalib_lite.results import headline
 from anomalib_lite.utils.io import write_json
 
-TARGETS = {"image_auroc": 0.95, "pixel_auroc": 0.95, "fit_minutes": 15.0}
+# per category (image / pixel AUROC of the primary score), and the whole command's minutes
+TARGETS = {"bottle": {"image_auroc": 0.98, "pixel_auroc": 0.97},
+           "pill": {"image_auroc": 0.95, "pixel_auroc": 0.95}}
+DEFAULT_TARGET = {"image_auroc": 0.95, "pixel_auroc": 0.95}
+MAX_MINUTES = 15.0
+
+
+def target_of(category: str) -> dict[str, float]:
+    return TARGETS.get(category, DEFAULT_TARGET)
 # measured in this project (README): seed-000 baseline AE, mean L1, 128 px, 50 epochs
 SEED_MEASURED = {"bottle": {"image_auroc": 0.9048, "pixel_auroc": 0.8502},
                  "pill": {"image_auroc": 0.7657, "pixel_auroc": 0.8913}}
@@ -50,9 +58,10 @@ def run_category(root: str, category: str, out: Path, overrides: list[str]) -> d
 
 
 def meets(row: dict[str, Any]) -> dict[str, bool]:
-    return {"image_auroc": row["image_auroc"] >= TARGETS["image_auroc"],
-            "pixel_auroc": row["pixel_auroc"] >= TARGETS["pixel_auroc"],
-            "fit_minutes": row["run_minutes"] <= TARGETS["fit_minutes"]}
+    target = target_of(row["category"])
+    return {"image_auroc": row["image_auroc"] >= target["image_auroc"],
+            "pixel_auroc": row["pixel_auroc"] >= target["pixel_auroc"],
+            "fit_minutes": row["run_minutes"] <= MAX_MINUTES}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -91,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["meets"] = meets(row)
     text = table(rows)
-    print(f"targets: image AUROC >= {TARGETS['image_auroc']}, pixel AUROC >= "
-          f"{TARGETS['pixel_auroc']}, run (fit + test) <= {TARGETS['fit_minutes']:g} min\n{text}")
-    write_json(out / "targets.json", {"targets": TARGETS, "rows": rows,
+    wanted = ", ".join(f"{c} {target_of(c)['image_auroc']} / {target_of(c)['pixel_auroc']}"
+                       for c in args.categories)
+    print(f"targets (image / pixel AUROC): {wanted}; run (fit + test) <= {MAX_MINUTES:g} min"
+          f"\n{text}")
+    write_json(out / "targets.json", {"targets": {c: target_of(c) for c in args.categories},
+                                      "max_minutes": MAX_MINUTES, "rows": rows,
                                       "seed_measured": SEED_MEASURED,
                                       "draem_published": DRAEM_PUBLISHED, "table": text})
     return 0 if all(all(r["meets"].values()) for r in rows) else 1

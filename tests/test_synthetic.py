@@ -193,11 +193,13 @@ def test_mvtec_best_experiment_composes(compose_cfg, data):
     assert cfg.model.net.network._target_.endswith("DraemLite")
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs > 0
     assert cfg.score.primary.startswith("seg") and cfg.data.category == data
+    assert cfg.data.image_size == 256 and cfg.model.train_crop == 128  # crops of 256 px
 
 
 def test_mvtec_best_trains_on_a_tiny_layout(fast_cfg, mvtec_root, tmp_path):
     cfg = fast_cfg("experiment=mvtec_best", "data=bottle", f"data.root={mvtec_root}",
-                   "data.image_size=32", *TINY_NETS, "trainer.max_epochs=1",
+                   "data.image_size=32", "model.train_crop=16", *TINY_NETS,
+                   "trainer.max_epochs=1",
                    "trainer.precision=32-true")
     train(cfg)
     results = json.loads((tmp_path / "results.json").read_text())

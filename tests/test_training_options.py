@@ -62,9 +62,19 @@ class WeightRecorder(pl.Callback):
     def __init__(self) -> None:
         self.steps: list[dict[str, torch.Tensor]] = []
 
+        self.validated: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    @staticmethod
+    def weights(pl_module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in pl_module.net.named_parameters()
+                if p.requires_grad}
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.steps.append({n: p.detach().clone() for n, p in pl_module.net.named_parameters()
-                           if p.requires_grad})
+        self.steps.append(self.weights(pl_module))
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated.append((len(self.steps), self.weights(pl_module)))
 
 
 def test_ema_is_the_moving_average_of_the_step_weights(compose_cfg, tmp_path):
@@ -85,9 +95,15 @@ def test_ema_is_the_moving_average_of_the_step_weights(compose_cfg, tmp_path):
     trainer.fit(model, datamodule=datamodule)
     assert len(recorder.steps) == 12
     expected = dict(initial)
+    averages = []  # the average after each step
     for step, weights in enumerate(recorder.steps):
         d = ema_decay(0.6, step)
         expected = {n: d * expected[n] + (1 - d) * weights[n] for n in weights}
+        averages.append(expected)
+    assert [steps for steps, _ in recorder.validated] == [6, 12]  # validation sees the average
+    for steps, weights in recorder.validated:
+        for name, value in weights.items():
+            torch.testing.assert_close(value, averages[steps - 1][name], atol=1e-5, rtol=1e-4)
     assert ema_decay(0.6, 0) == pytest.approx(0.1) and ema_decay(0.6, 50) == 0.6
     for name, param in model.net.named_parameters():
         torch.testing.assert_close(param.detach(), expected[name], atol=1e-5, rtol=1e-4)

@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from anomalib_lite.utils.checks import ConfigError
@@ -87,7 +88,8 @@ class EMA(pl.Callback):
         self._swapped = not self._swapped
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.decay is not None and trainer.training and not trainer.sanity_checking \
+        fitting = trainer.state.fn == TrainerFn.FITTING  # validation inside fit
+        if self.decay is not None and fitting and not trainer.sanity_checking \
                 and not self._swapped and self._shadow:
             self._swap(pl_module)  # stays until the next training step (checkpoints saved)
 

@@ -114,6 +114,9 @@ def test_feature_ae_trains_on_its_cache_and_scores_fresh_features():
     noisy = [model.training_objective(batch, torch.Generator().manual_seed(s))[0] for s in
              (0, 0, 1)]
     assert noisy[0] == noisy[1] != noisy[2] and noisy[0] != loss
+    # crops of cached images (model.train_crop) get their own features, not the cache's
+    crops = {**batch, "image": images[..., 8:24, 8:24]}
+    torch.testing.assert_close(model._batch_features(crops), model.standardized(crops["image"]))
 
 
 SPRITES = ("data=sprites", "data.image_size=64", "data.n_train=48", "data.n_val=16",

@@ -57,6 +57,7 @@ class FeatureAE(AnomalyModel):
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
         self._cache: dict[str, Tensor] = {}  # standardized training features by image path
+        self._cache_size: tuple[int, ...] = ()  # the image size they were computed at
 
     def standardized(self, images: Tensor) -> Tensor:
         return (self.features(images) - self.mean) / self.std
@@ -72,10 +73,12 @@ class FeatureAE(AnomalyModel):
         self.std = stacked.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         stacked = (stacked - self.mean) / self.std
         self._cache = dict(zip(paths, stacked, strict=True))
+        self._cache_size = tuple(batch["image"].shape[-2:])
 
     def _batch_features(self, batch: Batch) -> Tensor:
         paths = batch.get("path") or []
-        if paths and all(p in self._cache for p in paths):
+        whole = tuple(batch["image"].shape[-2:]) == self._cache_size  # not a training crop
+        if paths and whole and all(p in self._cache for p in paths):
             return torch.stack([self._cache[p] for p in paths]).to(batch["image"].device)
         return self.standardized(batch["image"].float())
 

@@ -106,16 +106,18 @@ def check_input_size(model: pl.LightningModule, datamodule: pl.LightningDataModu
     after the dataset is loaded. Models without a ``network`` take any size."""
     preprocessing = getattr(datamodule, "preprocessing", None)
     network = getattr(getattr(model, "net", None), "network", None)
-    if not isinstance(preprocessing, Preprocessing) or not isinstance(network, nn.Module):
+    if not isinstance(preprocessing, Preprocessing):
         return
     p = preprocessing
-    sizes = {"data.image_size": (p.height, p.width)}
     crop = getattr(model, "train_crop", None)
+    if crop is not None and (crop[0] > p.height or crop[1] > p.width):
+        raise ConfigError(f"model.train_crop={list(crop)} is larger than the images "
+                          f"(data.image_size={format_size(p.image_size)}): set a smaller "
+                          "crop or a larger data.image_size")
+    if not isinstance(network, nn.Module):
+        return
+    sizes = {"data.image_size": (p.height, p.width)}
     if crop is not None:
-        if crop[0] > p.height or crop[1] > p.width:
-            raise ConfigError(f"model.train_crop={list(crop)} is larger than the images "
-                              f"(data.image_size={format_size(p.image_size)}): set a smaller "
-                              "crop or a larger data.image_size")
         sizes["model.train_crop"] = tuple(crop)
     was_training = network.training
     network.eval()

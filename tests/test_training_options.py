@@ -49,10 +49,11 @@ def test_crop_training_steps_on_crops_and_scores_whole_images(fast_cfg, monkeypa
     assert results["config"]["model"]["train_crop"] == 16
 
 
-def test_a_crop_larger_than_the_images_is_refused_before_training(fast_cfg, tmp_path):
+@pytest.mark.parametrize("model", ["baseline", "pca"])  # with and without a network
+def test_a_crop_larger_than_the_images_is_refused_before_training(fast_cfg, tmp_path, model):
     with pytest.raises(ConfigError, match=r"model\.train_crop=\[48, 48\] is larger than the "
                                           r"images \(data\.image_size=32\)"):
-        train(fast_cfg("model=baseline", "+model.train_crop=48", "data.image_size=32"))
+        train(fast_cfg(f"model={model}", "+model.train_crop=48", "data.image_size=32"))
     assert not (tmp_path / "checkpoints").exists()
 
 

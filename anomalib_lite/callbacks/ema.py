@@ -38,6 +38,7 @@ class EMA(pl.Callback):
         self.decay = decay
         self._names: list[str] = []
         self._shadow: list[Tensor] = []
+        self._tensors: list[Tensor] = []  # the model's tensors, in self._names order
         self._raw: dict[str, Tensor] | None = None
         self._swapped = False
         self._last_step = 0
@@ -52,14 +53,17 @@ class EMA(pl.Callback):
         return tensors
 
     def _current(self, pl_module: pl.LightningModule) -> list[Tensor]:
-        tracked = self._tracked(pl_module)
-        return [tracked[n].data for n in self._names]
+        if not self._tensors:  # found once per fit; loading weights copies into them
+            tracked = self._tracked(pl_module)
+            self._tensors = [tracked[n].data for n in self._names]
+        return self._tensors
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.decay is None:
             return
         tracked = self._tracked(pl_module)
         self._names = list(tracked)
+        self._tensors = []
         # a resumed fit: the model holds the average (the checkpoint's weights), the raw
         # weights come from the checkpoint's own entry
         self._shadow = [t.detach().clone() for t in tracked.values()]

@@ -251,12 +251,7 @@ class AnomalyModule(LightningModule):
         """``train_crop``: the same random crop of each image and its mask."""
         if self.train_crop is None:
             return batch
-        images = batch["image"]
-        height, width = images.shape[-2:]
-        if self.train_crop[0] > height or self.train_crop[1] > width:
-            raise ConfigError(f"model.train_crop={list(self.train_crop)} is larger than the "
-                              f"training images ({height} x {width}): set a smaller crop or "
-                              "a larger data.image_size")
+        images = batch["image"]  # the crop fits: checked before training (train.py)
         keys = [k for k in ("image", "mask") if isinstance(batch.get(k), Tensor)
                 and batch[k].ndim == 4 and batch[k].shape[-2:] == images.shape[-2:]]
         joined = torch.cat([batch[k].to(images.dtype) for k in keys], dim=1)
